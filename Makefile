@@ -1,0 +1,30 @@
+# One command to run it, one to test it:  make run  /  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON := $(BIN)/python
+
+.PHONY: setup run test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m pip install --quiet uv
+	$(PYTHON) -m uv venv --quiet --python $(PYTHON) $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PYTHON) -m uv pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano into .venv
+
+test: setup  ## the whole suite, end-to-end loads into PostgreSQL included
+	$(BIN)/pytest -ra
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/bench_listener.py
+	$(BIN)/python bench/bench_tap.py
+
+clean:
+	rm -rf $(VENV) .meltano

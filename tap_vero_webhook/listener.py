@@ -1,0 +1,193 @@
+"""The webhook listener: a Flask app that turns Vero's POSTs into durable spool lines.
+
+`create_app(settings)` builds it; nothing is configured at import time. Every
+answer, success or error, is a small JSON object; errors have the one shape
+``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from tap_vero_webhook.files import ensure_private_dir
+from tap_vero_webhook.payloads import PayloadError, encode_event, parse_events
+from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter
+from tap_vero_webhook.tokens import TokenVerifier
+
+DEFAULT_MAX_BODY_BYTES = 20 * 1000 * 1000
+SPOOL_SUBDIR = "spool"
+ACCEPTED_CONTENT_TYPES = ("application/json",)
+
+access_log = logging.getLogger("tap_vero_webhook.access")
+
+_TOKEN_IN_PATH = re.compile(r"(/hooks/)[^\s\"'?#]*")
+
+
+def redact(text: str) -> str:
+    """Replace the token segment of any webhook path in `text`."""
+    return _TOKEN_IN_PATH.sub(r"\1<redacted>", text)
+
+
+class RedactTokens(logging.Filter):
+    """A log filter that keeps webhook tokens out of every line it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "/hooks/" in message:
+            record.msg, record.args = redact(message), None
+        return True
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    data_dir: Path
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    segment_max_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.data_dir) / SPOOL_SUBDIR
+
+
+class ListenerState:
+    """What one app instance owns: its spool writer and its view of the token store."""
+
+    def __init__(self, settings: ListenerSettings) -> None:
+        ensure_private_dir(Path(settings.data_dir))
+        self.settings = settings
+        self.spool = SpoolWriter(settings.spool_dir, settings.segment_max_bytes)
+        self.tokens = TokenVerifier(settings.data_dir)
+
+    def close(self) -> None:
+        self.tokens.flush_last_used()
+        self.spool.close()
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify(error={"code": code, "message": message})
+    response.status_code = status
+    return response
+
+
+class ListenerApp(Flask):
+    def log_exception(self, exc_info) -> None:
+        """Flask's version logs the request path, which holds the token."""
+        self.logger.error(
+            "unhandled error in %s %s", request.method, redact(request.path), exc_info=exc_info
+        )
+
+
+def create_app(settings: ListenerSettings) -> ListenerApp:
+    app = ListenerApp(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    state = ListenerState(settings)
+    app.extensions["vero_webhook"] = state
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+        g.token_id = None
+        g.events = 0
+        g.reason = None
+
+    @app.post("/hooks/<path:token>")
+    def receive(token: str) -> Response:
+        token_id = state.tokens.verify(token)
+        if token_id is None:
+            raise _Refusal(401, "invalid_token", "unknown or revoked webhook URL")
+        g.token_id = token_id
+        if request.mimetype not in ACCEPTED_CONTENT_TYPES:
+            shown = request.mimetype or "none"
+            raise _Refusal(
+                415,
+                "unsupported_content_type",
+                f"Content-Type is {shown[:100]}; send application/json",
+            )
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            raise _Refusal(
+                415, "unsupported_charset", f"charset {charset[:40]} is not supported; send UTF-8"
+            )
+        body = request.get_data(cache=False)
+        if len(body) > settings.max_body_bytes:
+            raise _Refusal(
+                413, "body_too_large", f"the body is over the {settings.max_body_bytes}-byte limit"
+            )
+        try:
+            encoded = [encode_event(event) for event in parse_events(body)]
+        except PayloadError as exc:
+            raise _Refusal(400, exc.code, exc.message) from None
+        try:
+            stamps = state.spool.append(encoded)
+        except SpoolUnavailable as exc:
+            raise _Refusal(
+                503, "spool_unavailable", f"the event could not be stored ({exc}); retry later"
+            ) from None
+        g.events = len(stamps)
+        return jsonify(accepted=len(stamps), ids=[stamp.id for stamp in stamps])
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        writable = state.spool.writable()
+        response = jsonify(status="ok" if writable else "unavailable", spool_writable=writable)
+        response.status_code = 200 if writable else 503
+        return response
+
+    @app.errorhandler(_Refusal)
+    def refused(exc: _Refusal) -> Response:
+        g.reason = exc.code
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        g.reason = code
+        messages = {
+            404: "no such endpoint; webhooks are posted to /hooks/<token>",
+            405: f"{request.method} is not allowed here",
+            413: f"the body is over the {settings.max_body_bytes}-byte limit",
+        }
+        return error_response(exc.code or 500, code, messages.get(exc.code, exc.description))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        app.log_exception((type(exc), exc, exc.__traceback__))
+        g.reason = "internal_error"
+        return error_response(500, "internal_error", "the listener failed; retry later")
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        started = g.get("started")
+        latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            redact(request.path),
+            response.status_code,
+            extra={
+                "status": response.status_code,
+                "method": request.method,
+                "path": redact(request.path),
+                "bytes": request.content_length or 0,
+                "events": g.get("events", 0),
+                "latency_ms": round(latency_ms, 3),
+                "token_id": g.get("token_id"),
+                "reason": g.get("reason"),
+            },
+        )
+        return response
+
+    return app

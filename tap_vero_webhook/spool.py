@@ -1,0 +1,423 @@
+"""The spool: the listener's durable, append-only record of accepted events.
+
+A spool is a folder of segment files plus one lock file::
+
+    spool/
+      00000000000000000001.jsonl   named after the first sequence number it holds
+      00000000000000052113.jsonl
+      commit.lock                  writer: exclusive while a batch is in flight;
+                                   readers: shared while they take a snapshot
+
+Each line of a segment is one envelope, written by `SpoolWriter` and read back by
+`SpoolReader`::
+
+    {"seq":42,"received_at":"2026-11-30T02:14:26.123456Z","id":"<uuid4>","event":{...}}
+
+`seq` strictly increases in acceptance order across segments (gaps are possible:
+a batch that failed to write burns its numbers, they are never reused). `event` is
+the event exactly as posted. A reader only ever sees bytes the writer has fsynced,
+because it reads up to the sizes it saw while holding the commit lock shared; a
+crash can still leave a torn last line, which readers skip and the next writer
+truncates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
+
+SEGMENT_SUFFIX = ".jsonl"
+SEGMENT_NAME = re.compile(r"^(\d{20})\.jsonl$")
+COMMIT_LOCK = "commit.lock"
+WRITER_LOCK = "writer.lock"
+DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
+
+_SEQ_PREFIX = b'{"seq":'
+
+
+class SpoolError(Exception):
+    """Base class of the spool's errors."""
+
+
+class SpoolUnavailable(SpoolError):
+    """The spool cannot take a batch now (disk full, I/O error); the sender should retry."""
+
+
+class SpoolBusy(SpoolError):
+    """Another listener already writes to this spool."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A complete line of a segment is not an envelope; nothing past it is read."""
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment file as seen in a snapshot: its bytes up to `size` are committed."""
+
+    path: Path
+    first_seq: int
+    size: int
+    mtime: float
+
+
+def list_segments(spool_dir: Path) -> list[Segment]:
+    """The segments of a spool, oldest first (sizes as of now, not locked)."""
+    segments = []
+    for entry in os.scandir(spool_dir):
+        match = SEGMENT_NAME.match(entry.name)
+        if match:
+            stat = entry.stat()
+            segments.append(
+                Segment(Path(entry.path), int(match.group(1)), stat.st_size, stat.st_mtime)
+            )
+    segments.sort(key=lambda segment: segment.first_seq)
+    return segments
+
+
+def line_seq(line: bytes) -> int:
+    """The sequence number of an envelope line, read from its fixed prefix."""
+    if not line.startswith(_SEQ_PREFIX):
+        raise ValueError("line does not start with an envelope's seq")
+    end = line.index(b",", len(_SEQ_PREFIX))
+    return int(line[len(_SEQ_PREFIX) : end])
+
+
+def utc_timestamp(epoch_seconds: float) -> str:
+    """RFC 3339 UTC time with microseconds, as stamped on envelopes."""
+    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _CommitLock:
+    """`flock` on spool/commit.lock: exclusive for the writer, shared for readers."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        path = spool_dir / COMMIT_LOCK
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except PermissionError:
+            self._fd = os.open(path, os.O_RDONLY)
+
+    def exclusive(self) -> _Held:
+        return _Held(self._fd, fcntl.LOCK_EX)
+
+    def shared(self) -> _Held:
+        return _Held(self._fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _Held:
+    def __init__(self, fd: int, mode: int) -> None:
+        self._fd = fd
+        self._mode = mode
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, self._mode)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _create_segment(spool_dir: Path, first_seq: int) -> Path:
+    path = spool_dir / segment_name(first_seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    os.close(fd)
+    fsync_dir(spool_dir)
+    return path
+
+
+def _repair_tail(path: Path) -> tuple[int, int | None]:
+    """Cut a torn last line off a segment; return its size and its last seq (None if empty)."""
+    with open(path, "rb") as segment:
+        data = segment.read()
+    good_end = data.rfind(b"\n") + 1
+    if good_end != len(data):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, good_end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if good_end == 0:
+        return 0, None
+    last_line = data[data.rfind(b"\n", 0, good_end - 1) + 1 : good_end]
+    try:
+        return good_end, line_seq(last_line)
+    except ValueError as exc:
+        raise SpoolCorrupt(f"{path}: the last complete line is not an envelope") from exc
+
+
+@dataclass
+class _Batch:
+    lines: list[bytes] = field(default_factory=list)
+    first_seq: int = 0
+    done: bool = False
+    written: bool = False
+    error: OSError | None = None
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the spool stamped on one accepted event."""
+
+    seq: int
+    id: str
+    received_at: str
+
+
+class SpoolWriter:
+    """Appends envelopes to the newest segment, one fsync per group of concurrent batches.
+
+    Group commit: the first caller that finds no write in flight becomes the leader,
+    takes every line queued so far, writes and fsyncs them while holding no Python
+    lock, then wakes everyone whose lines it carried. Callers arriving meanwhile queue
+    their lines for the next leader. A caller returns only once its lines are durable.
+    """
+
+    def __init__(self, spool_dir: Path, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES) -> None:
+        self.spool_dir = ensure_private_dir(Path(spool_dir))
+        self.segment_max_bytes = segment_max_bytes
+        self._writer_lock_fd = _take_writer_lock(self.spool_dir)
+        self._commit_lock = _CommitLock(self.spool_dir)
+        with self._commit_lock.exclusive():
+            self._open_newest_segment()
+        self._cond = threading.Condition(threading.Lock())
+        self._open_batch = _Batch(first_seq=self._next_seq)
+        self._writing = False
+        self.batches_written = 0
+        self.lines_written = 0
+
+    def _open_newest_segment(self) -> None:
+        segments = list_segments(self.spool_dir)
+        if not segments:
+            path = _create_segment(self.spool_dir, 1)
+            size, last_seq, first_seq = 0, None, 1
+        else:
+            path, first_seq = segments[-1].path, segments[-1].first_seq
+            size, last_seq = _repair_tail(path)
+        os.chmod(path, FILE_MODE)
+        self._segment_path = path
+        self._segment_size = size
+        self._next_seq = first_seq if last_seq is None else last_seq + 1
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    @property
+    def segment_path(self) -> Path:
+        return self._segment_path
+
+    def append(self, encoded_events: Sequence[bytes]) -> list[Stamp]:
+        """Stamp and durably append events (each the JSON text of one event).
+
+        All of them are written or none is: on failure every line of the group is
+        truncated away again and `SpoolUnavailable` is raised.
+        """
+        now = utc_timestamp(time.time())
+        ids = [str(uuid.uuid4()) for _ in encoded_events]
+        with self._cond:
+            batch = self._open_batch
+            seq = self._next_seq
+            stamps = []
+            for event_id, event in zip(ids, encoded_events, strict=True):
+                batch.lines.append(
+                    b'{"seq":%d,"received_at":"%s","id":"%s","event":%s}\n'
+                    % (seq, now.encode(), event_id.encode(), event)
+                )
+                stamps.append(Stamp(seq, event_id, now))
+                seq += 1
+            self._next_seq = seq
+            while not batch.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                carried = self._open_batch
+                self._open_batch = _Batch(first_seq=self._next_seq)
+                self._cond.release()
+                try:
+                    self._write(carried)
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    carried.done = True
+                    self._cond.notify_all()
+        if not batch.written:
+            reason = batch.error.strerror if batch.error else "write did not complete"
+            raise SpoolUnavailable(f"spool write failed: {reason}")
+        return stamps
+
+    def _write(self, batch: _Batch) -> None:
+        data = b"".join(batch.lines)
+        with self._commit_lock.exclusive():
+            start = self._segment_size
+            try:
+                if start >= self.segment_max_bytes:
+                    self._rotate(batch.first_seq)
+                    start = 0
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                batch.error = exc
+                self._undo(start)
+                return
+            self._segment_size = start + len(data)
+            batch.written = True
+            self.batches_written += 1
+            self.lines_written += len(batch.lines)
+
+    def _undo(self, size: int) -> None:
+        """Cut the file back to its last committed size after a failed write."""
+        try:
+            os.ftruncate(self._fd, size)
+            os.fdatasync(self._fd)
+        except OSError:
+            pass  # a reader still stops at the committed size it saw under the lock
+
+    def _rotate(self, first_seq: int) -> None:
+        path = _create_segment(self.spool_dir, first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.close(self._fd)
+        self._fd, self._segment_path, self._segment_size = fd, path, 0
+
+    def writable(self) -> bool:
+        """Whether the newest segment can be appended to right now (for health checks)."""
+        try:
+            os.fstat(self._fd)
+            stat = os.statvfs(self.spool_dir)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize > 0 and os.access(self._segment_path, os.W_OK)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._commit_lock.close()
+        os.close(self._writer_lock_fd)
+
+
+def _take_writer_lock(spool_dir: Path) -> int:
+    """Hold spool/writer.lock for the writer's lifetime; refuse if another process has it."""
+    fd = os.open(spool_dir / WRITER_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SpoolBusy(
+            f"another listener (pid {holder}) is already writing to {spool_dir}; "
+            "stop it first, or give this one its own --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+class SpoolReader:
+    """Reads committed envelope lines in sequence order, from a snapshot of the spool."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool_dir = Path(spool_dir)
+
+    def snapshot(self) -> list[Segment]:
+        """The segments and their committed sizes, as of now."""
+        if not self.spool_dir.is_dir():
+            return []
+        lock = _CommitLock(self.spool_dir)
+        try:
+            with lock.shared():
+                return list_segments(self.spool_dir)
+        finally:
+            lock.close()
+
+    def lines_after(
+        self, after_seq: int | None, segments: list[Segment] | None = None
+    ) -> Iterator[bytes]:
+        """Complete envelope lines with a seq above `after_seq` (all if None), in order.
+
+        A torn last line is skipped; a complete line that is not an envelope, or
+        whose seq does not increase, raises `SpoolCorrupt`.
+        """
+        segments = self.snapshot() if segments is None else segments
+        floor = 0 if after_seq is None else after_seq
+        last_seq = floor
+        for index, segment in enumerate(segments):
+            following = segments[index + 1] if index + 1 < len(segments) else None
+            if following is not None and following.first_seq - 1 <= floor:
+                continue
+            for offset, line in _complete_lines(segment):
+                try:
+                    seq = line_seq(line)
+                except ValueError as exc:
+                    raise SpoolCorrupt(
+                        f"{segment.path} at byte {offset}: line is not a spool envelope"
+                    ) from exc
+                if seq <= floor:
+                    continue
+                if seq <= last_seq:
+                    raise SpoolCorrupt(
+                        f"{segment.path} at byte {offset}: seq {seq} does not increase"
+                    )
+                last_seq = seq
+                yield line
+
+
+def _complete_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for each newline-terminated line within the segment's committed size."""
+    remaining = segment.size
+    offset = 0
+    carry = b""
+    with open(segment.path, "rb") as handle:
+        while remaining > 0:
+            chunk = handle.read(min(READ_CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            data = carry + chunk if carry else chunk
+            start = 0
+            while True:
+                end = data.find(b"\n", start)
+                if end < 0:
+                    break
+                yield offset + start, data[start : end + 1]
+                start = end + 1
+            offset += start
+            carry = data[start:]
+
+
+def remove_loaded_segments(
+    spool_dir: Path, loaded_through_seq: int, older_than_seconds: float
+) -> list[Path]:
+    """Delete segments whose every event is at or below `loaded_through_seq` and whose
+    last write is older than the retention window. The newest segment always stays:
+    it carries the writer's next sequence number."""
+    spool_dir = Path(spool_dir)
+    segments = SpoolReader(spool_dir).snapshot()
+    cutoff = time.time() - older_than_seconds
+    removed = []
+    for segment, following in itertools.pairwise(segments):
+        if following.first_seq - 1 <= loaded_through_seq and segment.mtime < cutoff:
+            segment.path.unlink()
+            removed.append(segment.path)
+    if removed:
+        fsync_dir(spool_dir)
+    return removed
