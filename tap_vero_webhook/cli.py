@@ -12,6 +12,11 @@ from pathlib import Path
 import click
 
 from tap_vero_webhook.listener import DEFAULT_MAX_BODY_BYTES, ListenerSettings
+from tap_vero_webhook.rejects import (
+    DEFAULT_BODY_CAP,
+    DEFAULT_MAX_BYTES_PER_DAY,
+    DEFAULT_RETENTION_DAYS,
+)
 from tap_vero_webhook.spool import DEFAULT_SEGMENT_MAX_BYTES, SpoolError
 from tap_vero_webhook.tokens import TokenError, TokenStore
 
@@ -116,6 +121,41 @@ def main() -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
     help="Least severe log level written.",
 )
+@click.option(
+    "--rejects-retention-days",
+    envvar=f"{ENV}REJECTS_RETENTION_DAYS",
+    show_envvar=True,
+    default=DEFAULT_RETENTION_DAYS,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Days refused requests are kept in DATA_DIR/rejects/ (one file per UTC day).",
+)
+@click.option(
+    "--rejects-body-cap",
+    envvar=f"{ENV}REJECTS_BODY_CAP",
+    show_envvar=True,
+    default=DEFAULT_BODY_CAP,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Bytes of each refused body kept in the rejects folder (0 keeps none).",
+)
+@click.option(
+    "--rejects-max-bytes-per-day",
+    envvar=f"{ENV}REJECTS_MAX_BYTES_PER_DAY",
+    show_envvar=True,
+    default=DEFAULT_MAX_BYTES_PER_DAY,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Past this size a day's rejects file stops growing; later refusals are only counted.",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    envvar=f"{ENV}METRICS",
+    show_envvar=True,
+    default=True,
+    show_default=True,
+    help="Serve Prometheus metrics on GET /metrics (no token; same address as the hooks).",
+)
 def serve(
     data_dir: Path,
     host: str,
@@ -127,13 +167,25 @@ def serve(
     channel_timeout: int,
     log_format: str,
     log_level: str,
+    rejects_retention_days: int,
+    rejects_body_cap: int,
+    rejects_max_bytes_per_day: int,
+    metrics: bool,
 ) -> None:
     """Run the webhook listener (waitress) until SIGTERM or Ctrl-C."""
     from tap_vero_webhook.server import configure_logging
     from tap_vero_webhook.server import serve as run_server
 
     configure_logging(log_format, log_level)
-    settings = ListenerSettings(data_dir, max_body_bytes, segment_max_bytes)
+    settings = ListenerSettings(
+        data_dir,
+        max_body_bytes,
+        segment_max_bytes,
+        rejects_retention_days=rejects_retention_days,
+        rejects_body_cap=rejects_body_cap,
+        rejects_max_bytes_per_day=rejects_max_bytes_per_day,
+        metrics=metrics,
+    )
     try:
         run_server(
             settings,

@@ -17,7 +17,16 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from tap_vero_webhook.files import ensure_private_dir
+from tap_vero_webhook.metrics import ListenerMetrics, MeteredSpoolWriter
 from tap_vero_webhook.payloads import PayloadError, encode_event, parse_events
+from tap_vero_webhook.rejects import (
+    DEFAULT_BODY_CAP,
+    DEFAULT_MAX_BYTES_PER_DAY,
+    DEFAULT_RETENTION_DAYS,
+    REJECTS_SUBDIR,
+    Rejection,
+    RejectLog,
+)
 from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter
 from tap_vero_webhook.tokens import TokenVerifier
 
@@ -50,24 +59,48 @@ class ListenerSettings:
     data_dir: Path
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     segment_max_bytes: int = 64 * 1024 * 1024
+    rejects_retention_days: int = DEFAULT_RETENTION_DAYS
+    rejects_body_cap: int = DEFAULT_BODY_CAP
+    rejects_max_bytes_per_day: int = DEFAULT_MAX_BYTES_PER_DAY
+    metrics: bool = True
 
     @property
     def spool_dir(self) -> Path:
         return Path(self.data_dir) / SPOOL_SUBDIR
 
+    @property
+    def rejects_dir(self) -> Path:
+        return Path(self.data_dir) / REJECTS_SUBDIR
+
 
 class ListenerState:
-    """What one app instance owns: its spool writer and its view of the token store."""
+    """What one app instance owns: its spool writer, its view of the token store, its
+    rejects folder and its metrics."""
 
     def __init__(self, settings: ListenerSettings) -> None:
         ensure_private_dir(Path(settings.data_dir))
         self.settings = settings
-        self.spool = SpoolWriter(settings.spool_dir, settings.segment_max_bytes)
+        self.rejects = RejectLog(
+            settings.rejects_dir,
+            settings.rejects_retention_days,
+            settings.rejects_body_cap,
+            settings.rejects_max_bytes_per_day,
+        )
+        self.metrics = ListenerMetrics(settings.spool_dir, self.rejects)
+        self.spool: SpoolWriter = MeteredSpoolWriter(
+            settings.spool_dir, settings.segment_max_bytes, self.metrics.observe_commit
+        )
         self.tokens = TokenVerifier(settings.data_dir)
+
+    def reject(self, rejection: Rejection) -> None:
+        """Count a refused webhook request and keep it in the rejects folder."""
+        self.metrics.rejected(rejection.reason)
+        self.rejects.record(rejection)
 
     def close(self) -> None:
         self.tokens.flush_last_used()
         self.spool.close()
+        self.rejects.close()
 
 
 class _Refusal(Exception):
@@ -88,6 +121,32 @@ class ListenerApp(Flask):
         self.logger.error(
             "unhandled error in %s %s", request.method, redact(request.path), exc_info=exc_info
         )
+
+
+def _rejection(response: Response, body_cap: int) -> Rejection:
+    """The refusal of the current request, for the rejects folder (never its path)."""
+    body = g.get("body")
+    size = request.content_length
+    if body is not None and size is None:
+        size = len(body)  # a chunked body the app read whole
+    if body is None:
+        try:  # refused before the body was read (bad token, content type, method)
+            body = request.stream.read(body_cap + 1)
+        except Exception:
+            body = None
+    answer = response.get_json(silent=True) if response.is_json else None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return Rejection(
+        status=response.status_code,
+        reason=g.get("reason") or "error",
+        message=error.get("message") if isinstance(error, dict) else None,
+        method=request.method,
+        size=size,
+        token_id=g.get("token_id"),
+        content_type=request.headers.get("Content-Type"),
+        remote_addr=request.remote_addr,
+        body=body,
+    )
 
 
 def create_app(settings: ListenerSettings) -> ListenerApp:
@@ -121,7 +180,7 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
             raise _Refusal(
                 415, "unsupported_charset", f"charset {charset[:40]} is not supported; send UTF-8"
             )
-        body = request.get_data(cache=False)
+        body = g.body = request.get_data(cache=False)
         if len(body) > settings.max_body_bytes:
             raise _Refusal(
                 413, "body_too_large", f"the body is over the {settings.max_body_bytes}-byte limit"
@@ -148,6 +207,14 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
 
     @app.errorhandler(_Refusal)
     def refused(exc: _Refusal) -> Response:
+    if settings.metrics:
+
+        @app.get("/metrics")
+        def metrics() -> Response:
+            """Prometheus text format; no token needed, as it holds no secret."""
+            body, content_type = state.metrics.exposition()
+            return Response(body, content_type=content_type)
+
         g.reason = exc.code
         return error_response(exc.status, exc.code, exc.message)
 
@@ -173,10 +240,9 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
         started = g.get("started")
         latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
         access_log.info(
-            "%s %s %s",
+            "%s %s",
             request.method,
             redact(request.path),
-            response.status_code,
             extra={
                 "status": response.status_code,
                 "method": request.method,
@@ -190,4 +256,12 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
         )
         return response
 
+        if response.status_code < 400:
+            if g.get("events"):
+                state.metrics.accepted(g.events)
+        elif request.path.startswith("/hooks/"):
+            try:
+                state.reject(_rejection(response, state.rejects.body_cap))
+            except Exception:  # keeping a copy must never change the answer
+                app.logger.warning("could not note a refused request", exc_info=True)
     return app

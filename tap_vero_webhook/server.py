@@ -11,7 +11,14 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
-from tap_vero_webhook.listener import ListenerSettings, RedactTokens, create_app, redact
+from tap_vero_webhook.listener import (
+    ListenerSettings,
+    RedactTokens,
+    access_log,
+    create_app,
+    redact,
+)
+from tap_vero_webhook.rejects import Rejection
 
 _LOG_FIELDS = ("status", "method", "path", "bytes", "events", "latency_ms", "token_id", "reason")
 
@@ -30,9 +37,55 @@ class JSONErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+        self._note(error.code, code, redact(str(error.body)))
+
+    def _note(self, status: int, code: str, message: str) -> None:
+        """Log, count and keep this refusal like the app's own (its body was never read)."""
+        try:
+            request = self.request
+            path = getattr(request, "path", "") or ""
+            method = getattr(request, "command", None) or "-"
+            size = getattr(request, "content_length", 0) or None
+            token_id = None
+            state = getattr(self.channel.server, "listener_state", None)
+            if state is not None and path.startswith("/hooks/"):
+                token_id = state.tokens.verify(path[len("/hooks/") :])
+                state.reject(
+                    Rejection(
+                        status=status,
+                        reason=code,
+                        message=message,
+                        method=method,
+                        size=size,
+                        token_id=token_id,
+                        content_type=request.headers.get("CONTENT_TYPE"),
+                        remote_addr=self.channel.addr[0] if self.channel.addr else None,
+                    )
+                )
+            access_log.info(
+                "%s %s",
+                method,
+                redact(path) or "-",
+                extra={
+                    "status": status,
+                    "method": method,
+                    "path": redact(path),
+                    "bytes": size or 0,
+                    "events": 0,
+                    "latency_ms": 0.0,
+                    "token_id": token_id,
+                    "reason": code,
+                },
+            )
+        except Exception:
+            logging.getLogger(__name__).warning("could not note a refused request", exc_info=True)
 
 
 class JSONErrorChannel(HTTPChannel):
+    """Also ages a connection from the first byte of the request it is receiving, so
+    channel_timeout bounds a sender trickling bytes, not only an idle one (waitress alone
+    resets the clock on every byte, letting a slow sender hold a connection forever)."""
+
     error_task_class = JSONErrorTask
 
 
@@ -59,7 +112,7 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     if log_format == "json":
         handler.setFormatter(JSONLineFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -104,3 +157,4 @@ def serve(settings: ListenerSettings, host: str, port: int, threads: int, **adju
         server.close()
         app.extensions["vero_webhook"].close()
         log.info("stopped")
+    server.listener_state = app.extensions["vero_webhook"]  # for JSONErrorTask's rejects
