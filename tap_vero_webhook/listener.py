@@ -151,6 +151,8 @@ def _rejection(response: Response, body_cap: int) -> Rejection:
 
 def create_app(settings: ListenerSettings) -> ListenerApp:
     app = ListenerApp(__name__)
+    # else /hooks//<token> answers a 308 that echoes the token back in Location
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state = ListenerState(settings)
     app.extensions["vero_webhook"] = state
@@ -205,8 +207,6 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
         response.status_code = 200 if writable else 503
         return response
 
-    @app.errorhandler(_Refusal)
-    def refused(exc: _Refusal) -> Response:
     if settings.metrics:
 
         @app.get("/metrics")
@@ -215,6 +215,8 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
             body, content_type = state.metrics.exposition()
             return Response(body, content_type=content_type)
 
+    @app.errorhandler(_Refusal)
+    def refused(exc: _Refusal) -> Response:
         g.reason = exc.code
         return error_response(exc.status, exc.code, exc.message)
 
@@ -254,8 +256,6 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
                 "reason": g.get("reason"),
             },
         )
-        return response
-
         if response.status_code < 400:
             if g.get("events"):
                 state.metrics.accepted(g.events)
@@ -264,4 +264,6 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
                 state.reject(_rejection(response, state.rejects.body_cap))
             except Exception:  # keeping a copy must never change the answer
                 app.logger.warning("could not note a refused request", exc_info=True)
+        return response
+
     return app

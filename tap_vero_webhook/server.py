@@ -87,6 +87,42 @@ class JSONErrorChannel(HTTPChannel):
     resets the clock on every byte, letting a slow sender hold a connection forever)."""
 
     error_task_class = JSONErrorTask
+    _request_started: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self._request_started = self.last_activity
+        result = super().received(data)
+        if self.request is not None and self._request_started is not None:
+            self.last_activity = self._request_started
+        return result
+
+
+def _text_value(value: object) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    if not text or any(char in text for char in ' "=\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """Plain text: time, level, logger, message, then a request's fields as key=value."""
+
+    _FIELDS = tuple(name for name in _LOG_FIELDS if name not in ("method", "path"))
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = [
+            f"{name}={_text_value(getattr(record, name))}"
+            for name in self._FIELDS
+            if hasattr(record, name)
+        ]
+        return " ".join([line, *fields]) if fields else line
 
 
 class JSONLineFormatter(logging.Formatter):
@@ -129,9 +165,13 @@ def build_server(settings: ListenerSettings, host: str, port: int, threads: int,
         ident="vero-webhook",
         # waitress refuses a Content-Length >= this before reading the body
         max_request_body_size=settings.max_body_bytes + 1,
+        # check timeouts often enough that channel_timeout holds to within a few seconds
+        cleanup_interval=max(1, min(30, adjustments.get("channel_timeout", 120) // 4)),
+        asyncore_use_poll=True,  # select() fails past 1024 open connections
         **adjustments,
     )
     server.channel_class = JSONErrorChannel
+    server.listener_state = app.extensions["vero_webhook"]  # for JSONErrorTask's rejects
     return app, server
 
 
@@ -157,4 +197,3 @@ def serve(settings: ListenerSettings, host: str, port: int, threads: int, **adju
         server.close()
         app.extensions["vero_webhook"].close()
         log.info("stopped")
-    server.listener_state = app.extensions["vero_webhook"]  # for JSONErrorTask's rejects
