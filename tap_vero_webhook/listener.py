@@ -151,6 +151,8 @@ def _rejection(response: Response, body_cap: int) -> Rejection:
 
 def create_app(settings: ListenerSettings) -> ListenerApp:
     app = ListenerApp(__name__)
+    # else /hooks//<token> answers a 308 that echoes the token back in Location
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state = ListenerState(settings)
     app.extensions["vero_webhook"] = state

@@ -87,6 +87,15 @@ class JSONErrorChannel(HTTPChannel):
     resets the clock on every byte, letting a slow sender hold a connection forever)."""
 
     error_task_class = JSONErrorTask
+    _request_started: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self._request_started = self.last_activity
+        result = super().received(data)
+        if self.request is not None and self._request_started is not None:
+            self.last_activity = self._request_started
+        return result
 
 
 def _text_value(value: object) -> str:
@@ -156,6 +165,9 @@ def build_server(settings: ListenerSettings, host: str, port: int, threads: int,
         ident="vero-webhook",
         # waitress refuses a Content-Length >= this before reading the body
         max_request_body_size=settings.max_body_bytes + 1,
+        # check timeouts often enough that channel_timeout holds to within a few seconds
+        cleanup_interval=max(1, min(30, adjustments.get("channel_timeout", 120) // 4)),
+        asyncore_use_poll=True,  # select() fails past 1024 open connections
         **adjustments,
     )
     server.channel_class = JSONErrorChannel
