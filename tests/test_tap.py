@@ -1,0 +1,355 @@
+"""The tap, run as its real CLI over spools the real listener wrote."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from singer_sdk.testing import get_tap_test_class
+
+from tap_vero_webhook.payloads import encode_event
+from tap_vero_webhook.schema import EVENT_TYPES
+from tap_vero_webhook.spool import SpoolWriter, list_segments
+from tap_vero_webhook.tap import TapVeroWebhook
+from tests.conftest import TAP, create_token, start_listener
+from tests.vero_events import event_stream, make_event, vero_examples
+
+
+def _standard_test_spool() -> str:
+    """A spool for the SDK's standard tests, written by the listener's own SpoolWriter."""
+    data_dir = Path(tempfile.mkdtemp(prefix="tap-standard-tests-"))
+    writer = SpoolWriter(data_dir / "spool")
+    writer.append([encode_event(event) for event in event_stream(60)])
+    writer.close()
+    return str(data_dir)
+
+
+TestTapVeroWebhookStandard = get_tap_test_class(
+    TapVeroWebhook, config={"data_dir": _standard_test_spool()}
+)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+class TapRun:
+    def __init__(self, stdout: str, stderr: str, returncode: int) -> None:
+        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
+        self.messages = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+        self.records = [m["record"] for m in self.messages if m["type"] == "RECORD"]
+        self.record_messages = [m for m in self.messages if m["type"] == "RECORD"]
+        self.states = [m["value"] for m in self.messages if m["type"] == "STATE"]
+        self.schemas = [m for m in self.messages if m["type"] == "SCHEMA"]
+
+    @property
+    def keys(self) -> list[str]:
+        return [record["__sdc_primary_key"] for record in self.records]
+
+    @property
+    def bookmark(self) -> int | None:
+        return self.states[-1]["bookmarks"]["data"].get("replication_key_value")
+
+
+def run_tap(
+    tmp: Path,
+    data_dir: Path,
+    state: dict | None = None,
+    catalog: dict | None = None,
+    check: bool = True,
+    **settings,
+) -> TapRun:
+    config = tmp / f"tap-config-{time.monotonic_ns()}.json"
+    config.write_text(json.dumps({"data_dir": str(data_dir), **settings}))
+    argv = [TAP, "--config", str(config)]
+    if state is not None:
+        state_path = tmp / f"state-{time.monotonic_ns()}.json"
+        state_path.write_text(json.dumps(state))
+        argv += ["--state", str(state_path)]
+    if catalog is not None:
+        catalog_path = tmp / f"catalog-{time.monotonic_ns()}.json"
+        catalog_path.write_text(json.dumps(catalog))
+        argv += ["--catalog", str(catalog_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return TapRun(done.stdout, done.stderr, done.returncode)
+
+
+def state_at(seq: int) -> dict:
+    return {
+        "bookmarks": {
+            "data": {"replication_key": "_sdc_webhook_sequence", "replication_key_value": seq}
+        }
+    }
+
+
+def post_all(listener, events: list, per_request: int = 1) -> list[str]:
+    """POST events (one per request, or in arrays); return the acknowledged ids in order."""
+    ids = []
+    for start in range(0, len(events), per_request):
+        chunk = events[start : start + per_request]
+        response = listener.post(chunk[0] if per_request == 1 else chunk)
+        assert response.status_code == 200, response.text
+        ids += response.json()["ids"]
+    return ids
+
+
+# --- records ---------------------------------------------------------------------------
+
+
+def test_records_carry_each_posted_event_whole_with_stamps_and_typed_columns(listener, tmp_path):
+    events = vero_examples() + [
+        make_event(event_type, n) for n, event_type in enumerate(EVENT_TYPES)
+    ]
+    ids = post_all(listener, events)
+    run = run_tap(tmp_path, listener.data_dir)
+
+    assert run.keys == ids
+    sequences = [record["_sdc_webhook_sequence"] for record in run.records]
+    assert sequences == sorted(set(sequences))
+    for message, posted in zip(run.record_messages, events, strict=True):
+        record = message["record"]
+        assert record["payload"] == posted
+        assert (
+            message["time_extracted"].replace("+00:00", "Z") == record["_sdc_webhook_received_at"]
+        )
+        assert record["type"] == posted["type"]
+        assert record["user"] == posted["user"]
+        for column in ("campaign", "event", "changes", "message_id", "bounce_code", "user_agent"):
+            assert record.get(column) == posted.get(column)
+        at = f"{posted['type']}_at"
+        assert record.get(at) == posted.get(at)
+    assert {type(r["user"]["id"]) for r in run.records} == {int, str}
+    assert run.bookmark == sequences[-1]
+
+    schema = run.schemas[0]
+    assert schema["key_properties"] == ["__sdc_primary_key"]
+    properties = schema["schema"]["properties"]
+    assert properties["user"]["type"] == ["object", "null"]
+    assert properties["sent_at"]["type"] == ["integer", "null"]
+    assert properties["_sdc_webhook_sequence"]["type"] == ["integer"]
+
+
+def test_payload_is_exact_big_integers_unicode_and_unknown_fields(listener, tmp_path):
+    body = (
+        '{"type":"sent","sent_at":1735000000,"user":{"id":123456789012345678901234567890,'
+        '"email":"zoë@example.com"},"campaign":{"name":"Ünïcødé 李 🎉"},'
+        '"brand_new_field":{"nested":[1,2.5,"x"]},"score":0.1}'
+    )
+    assert listener.post(body.encode()).status_code == 200
+    run = run_tap(tmp_path, listener.data_dir)
+
+    line = next(line for line in run.stdout.splitlines() if '"RECORD"' in line)
+    assert "123456789012345678901234567890" in line
+    record = run.records[0]
+    assert record["payload"] == json.loads(body)
+    assert record["payload"]["brand_new_field"] == {"nested": [1, 2.5, "x"]}
+    assert record["campaign"]["name"] == "Ünïcødé 李 🎉"
+    assert "brand_new_field" not in record  # not a column, but never dropped: it is in payload
+
+
+def test_a_value_of_the_wrong_type_leaves_its_column_empty_and_stays_in_payload(listener, tmp_path):
+    posted = {
+        "type": "sent",
+        "sent_at": "yesterday",
+        "user": "not-an-object",
+        "opened_at": 2**70,
+        "message_id": 42,
+    }
+    assert listener.post(posted).status_code == 200
+    record = run_tap(tmp_path, listener.data_dir).records[0]
+    assert record["payload"] == posted
+    for column in ("sent_at", "user", "opened_at", "message_id"):
+        assert column not in record
+    assert record["type"] == "sent"
+
+
+def test_nul_characters_are_replaced_in_records_but_kept_in_the_spool(listener, tmp_path):
+    body = '{"type":"sent","message_id":"a\\u0000b","user":{"id":1,"na\\u0000me":"x\\u0000"}}'
+    assert listener.post(body.encode()).status_code == 200
+    record = run_tap(tmp_path, listener.data_dir).records[0]
+    assert record["message_id"] == "a\ufffdb"
+    assert record["payload"]["user"] == {"id": 1, "na\ufffdme": "x\ufffd"}
+    assert "\x00" not in json.dumps(record, ensure_ascii=False)
+    spooled = (listener.data_dir / "spool" / "00000000000000000001.jsonl").read_text()
+    assert "a\\u0000b" in spooled
+
+
+def test_deselected_columns_are_left_out(listener, tmp_path):
+    post_all(listener, vero_examples()[:3])
+    catalog = json.loads(
+        subprocess.run(
+            [TAP, "--config", _config(tmp_path, listener.data_dir), "--discover"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    for entry in catalog["streams"][0]["metadata"]:
+        breadcrumb = entry["breadcrumb"]
+        if breadcrumb == []:
+            entry["metadata"]["selected"] = True
+        elif breadcrumb[-1] in ("message_id", "campaign"):
+            entry["metadata"]["selected"] = False
+    run = run_tap(tmp_path, listener.data_dir, catalog=catalog)
+    assert len(run.records) == 3
+    for record in run.records:
+        assert "message_id" not in record and "campaign" not in record
+        assert record["payload"]["message_id"]  # the whole event is still there
+    assert "message_id" not in run.schemas[0]["schema"]["properties"]
+
+
+def _config(tmp: Path, data_dir: Path) -> str:
+    path = tmp / "discover-config.json"
+    path.write_text(json.dumps({"data_dir": str(data_dir)}))
+    return str(path)
+
+
+# --- state and replay ------------------------------------------------------------------
+
+
+def test_state_resumes_exactly_after_the_bookmark(listener, tmp_path):
+    first_ids = post_all(listener, event_stream(30))
+    first = run_tap(tmp_path, listener.data_dir)
+    assert first.keys == first_ids
+
+    again = run_tap(tmp_path, listener.data_dir, state=first.states[-1])
+    assert again.records == []
+    assert again.bookmark == first.bookmark
+
+    later_ids = post_all(listener, event_stream(12, seed=99))
+    second = run_tap(tmp_path, listener.data_dir, state=first.states[-1])
+    assert second.keys == later_ids
+
+    middle = first.records[9]["_sdc_webhook_sequence"]
+    partial = run_tap(tmp_path, listener.data_dir, state=state_at(middle))
+    assert partial.keys == first_ids[10:] + later_ids
+
+
+def test_without_state_everything_retained_is_replayed_with_the_same_keys(listener, tmp_path):
+    ids = post_all(listener, event_stream(25), per_request=5)
+    assert run_tap(tmp_path, listener.data_dir).keys == ids
+    assert run_tap(tmp_path, listener.data_dir).keys == ids
+
+
+def test_events_accepted_while_the_tap_runs_are_emitted_now_or_next_time(listener, tmp_path):
+    posted: list[str] = []
+    stop = threading.Event()
+
+    def keep_posting() -> None:
+        n = 0
+        while not stop.is_set():
+            posted.extend(post_all(listener, event_stream(5, seed=n), per_request=5))
+            n += 1
+
+    poster = threading.Thread(target=keep_posting)
+    poster.start()
+    emitted: list[str] = []
+    state = None
+    try:
+        for _ in range(6):
+            run = run_tap(tmp_path, listener.data_dir, state=state)
+            emitted += run.keys
+            state = run.states[-1]
+    finally:
+        stop.set()
+        poster.join()
+    emitted += run_tap(tmp_path, listener.data_dir, state=state).keys
+    assert len(posted) > 0
+    assert emitted == posted  # each acknowledged event exactly once, in arrival order
+
+
+@pytest.mark.slow
+def test_a_run_killed_half_way_loses_nothing_when_rerun_from_its_last_state(listener, tmp_path):
+    events = event_stream(500)
+    ids = []
+    for _ in range(50):  # 25,000 events: the SDK emits STATE every 10,000 records
+        ids += post_all(listener, events, per_request=500)
+    config = Path(_config(tmp_path, listener.data_dir))
+    process = subprocess.Popen(
+        [TAP, "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    emitted, last_state = [], None
+    for raw in process.stdout:
+        message = json.loads(raw)
+        if message["type"] == "RECORD":
+            emitted.append(message["record"]["__sdc_primary_key"])
+        elif message["type"] == "STATE" and emitted:
+            last_state = message["value"]
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert last_state is not None
+    bookmark = last_state["bookmarks"]["data"]["replication_key_value"]
+    assert 0 < len(emitted) < len(ids)
+
+    rerun = run_tap(tmp_path, listener.data_dir, state=last_state)
+    assert rerun.records[0]["_sdc_webhook_sequence"] == bookmark + 1
+    assert set(emitted) | set(rerun.keys) == set(ids)
+    assert emitted[: ids.index(rerun.keys[0])] + rerun.keys == ids
+
+
+def test_a_torn_last_line_is_never_emitted(listener, tmp_path):
+    ids = post_all(listener, event_stream(4))
+    listener.kill()
+    segment = list_segments(listener.data_dir / "spool")[-1].path
+    with open(segment, "ab") as handle:
+        handle.write(b'{"seq":5,"received_at":"2026-01-01T00:00:00.000000Z","id":"torn","ev')
+    run = run_tap(tmp_path, listener.data_dir)
+    assert run.keys == ids
+
+
+def test_overlapping_runs_are_refused_with_a_clear_message(listener, tmp_path):
+    post_all(listener, event_stream(3))
+    fd = os.open(listener.data_dir / "tap.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        run = run_tap(tmp_path, listener.data_dir, check=False)
+    finally:
+        os.close(fd)
+    assert run.returncode != 0
+    assert "another tap-vero-webhook run" in run.stderr
+    assert run.records == []
+
+
+# --- retention -------------------------------------------------------------------------
+
+
+def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir)
+    listener = start_listener(data_dir, "--segment-max-bytes", "2000")
+    listener.tokens.append(token)
+    try:
+        ids = post_all(listener, event_stream(40))
+    finally:
+        listener.stop()
+    segments = list_segments(data_dir / "spool")
+    assert len(segments) >= 5
+    old = time.time() - 10 * 86400
+    for segment in segments:
+        os.utime(segment.path, (old, old))
+
+    bookmark = segments[3].first_seq  # segments 0..2 are wholly loaded, 3 only partly
+    kept_back = run_tap(tmp_path, data_dir, state=state_at(bookmark), retention_days=30)
+    assert len(list_segments(data_dir / "spool")) == len(segments)
+
+    run = run_tap(tmp_path, data_dir, state=state_at(bookmark), retention_days=7)
+    remaining = [segment.first_seq for segment in list_segments(data_dir / "spool")]
+    assert remaining == [segment.first_seq for segment in segments[3:]]
+    assert run.keys == kept_back.keys == ids[bookmark:]
+
+    replay = run_tap(tmp_path, data_dir)  # a reset replays everything retained
+    assert replay.keys == ids[segments[3].first_seq - 1 :]
+
+    everything = run_tap(tmp_path, data_dir, state=state_at(10**9), retention_days=0)
+    assert everything.records == []
+    assert [s.first_seq for s in list_segments(data_dir / "spool")] == [segments[-1].first_seq]
