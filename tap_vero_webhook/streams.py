@@ -36,6 +36,14 @@ class TapAlreadyRunning(RuntimeError):
     """Another run of the tap is reading this spool."""
 
 
+class SpoolNotFound(RuntimeError):
+    """`data_dir` holds no spool: a wrong path would otherwise load nothing, silently."""
+
+
+class BookmarkAheadOfSpool(RuntimeError):
+    """The state vouches for events this spool never had: it was replaced or reset."""
+
+
 def without_nul(value: t.Any) -> t.Any:
     """`value` with U+0000 replaced by U+FFFD in every string and key (PostgreSQL
     rejects U+0000 in TEXT and JSONB)."""
@@ -86,7 +94,12 @@ class DataStream(Stream):
         with self._exclusive_run():
             if loaded_through is not None:
                 self._remove_loaded_segments(int(loaded_through))
-            reader = SpoolReader(self.data_dir / SPOOL_SUBDIR)
+            spool_dir = self.data_dir / SPOOL_SUBDIR
+            if not spool_dir.is_dir():
+                raise SpoolNotFound(
+                    f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
+                )
+            reader = SpoolReader(spool_dir)
             started, count, first, last = time.monotonic(), 0, None, None
             for line in reader.lines_after(loaded_through):
                 record = record_from_envelope(line)
@@ -94,6 +107,13 @@ class DataStream(Stream):
                 first = last if first is None else first
                 count += 1
                 yield record
+            if loaded_through is not None and int(loaded_through) > reader.high_water:
+                raise BookmarkAheadOfSpool(
+                    f"the state's bookmark ({loaded_through}) is past the newest event this "
+                    f"spool ever accepted (seq {reader.high_water}): the spool in {spool_dir} "
+                    "was replaced or reset. Nothing was emitted. If that is intended, clear "
+                    "the state (meltano state clear …) to load this spool from its start."
+                )
             self.logger.info(
                 "tap run: emitted %d events, seq %s..%s (after bookmark %s) in %.2f s",
                 count,

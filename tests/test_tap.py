@@ -350,6 +350,20 @@ def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
     replay = run_tap(tmp_path, data_dir)  # a reset replays everything retained
     assert replay.keys == ids[segments[3].first_seq - 1 :]
 
-    everything = run_tap(tmp_path, data_dir, state=state_at(10**9), retention_days=0)
+    everything = run_tap(tmp_path, data_dir, state=state_at(len(ids)), retention_days=0)
     assert everything.records == []
     assert [s.first_seq for s in list_segments(data_dir / "spool")] == [segments[-1].first_seq]
+
+
+def test_a_bookmark_past_the_spool_fails_loudly_instead_of_loading_nothing(listener, tmp_path):
+    ids = post_all(listener, event_stream(3))
+    assert run_tap(tmp_path, listener.data_dir, state=state_at(len(ids))).records == []
+    run = run_tap(tmp_path, listener.data_dir, state=state_at(len(ids) + 500), check=False)
+    assert run.returncode != 0
+    assert "was replaced or reset" in run.stderr
+
+
+def test_a_data_dir_without_a_spool_is_an_error(tmp_path):
+    run = run_tap(tmp_path, tmp_path / "not-the-data-dir", check=False)
+    assert run.returncode != 0
+    assert "no spool at" in run.stderr
