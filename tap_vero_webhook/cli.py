@@ -257,5 +257,69 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
     click.echo(f"revoked {record.id} at {record.revoked_at}")
 
 
+@main.command()
+@data_dir_option
+@click.option(
+    "--state-file",
+    envvar=f"{ENV}STATE_FILE",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Singer state the loader confirmed (JSON; or target output, last line used).",
+)
+@click.option(
+    "--meltano-project",
+    envvar=f"{ENV}MELTANO_PROJECT",
+    show_envvar=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Meltano project whose saved state says what was loaded (runs `meltano state get`).",
+)
+@click.option(
+    "--state-id",
+    envvar=f"{ENV}STATE_ID",
+    show_envvar=True,
+    help="Meltano state id, e.g. prod:tap-vero-webhook-to-target-postgres "
+    "(default: the only one naming tap-vero-webhook).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def report(
+    data_dir: Path,
+    state_file: Path | None,
+    meltano_project: Path | None,
+    state_id: str | None,
+    as_json: bool,
+) -> None:
+    """Accepted events per day and type, refusals by reason, and the backlog not yet loaded.
+
+    Reads the spool and rejects/ on disk (the listener may be running). The backlog
+    counts events after the last sequence the loader confirmed, taken from
+    --state-file or from Meltano's state; with neither, every event counts as waiting.
+    """
+    from tap_vero_webhook.report import (
+        ReportError,
+        build_report,
+        format_report,
+        loaded_through,
+        meltano_state,
+        read_state_file,
+    )
+
+    if state_file and meltano_project:
+        raise click.UsageError("give --state-file or --meltano-project, not both")
+    if not data_dir.is_dir():
+        raise click.ClickException(f"{data_dir} does not exist; is it the listener's --data-dir?")
+    try:
+        source = None
+        state: dict = {}
+        if state_file:
+            state, source = read_state_file(state_file), f"state file {state_file}"
+        elif meltano_project:
+            found_id, state = meltano_state(meltano_project, state_id)
+            source = f"Meltano state {found_id}" if found_id else "Meltano holds no state yet"
+        result = build_report(data_dir, loaded_through(state), source)
+    except (ReportError, SpoolError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
 if __name__ == "__main__":
     sys.exit(main())

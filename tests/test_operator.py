@@ -1,0 +1,448 @@
+"""The operator's view: request logs, the rejects folder, `vero-webhook report`, /metrics.
+
+Everything runs against the real `vero-webhook serve` over HTTP and the real CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import VERO_WEBHOOK, create_token, run_cli, start_listener
+from tests.vero_events import make_event
+
+ACCESS = "tap_vero_webhook.access"
+
+
+def token_id_of(data_dir: Path) -> str:
+    listed = json.loads(run_cli("token", "list", "--data-dir", str(data_dir), "--json").stdout)
+    assert len(listed) == 1
+    return listed[0]["id"]
+
+
+def access_lines(log: str) -> list[str]:
+    """The access-log lines of webhook POSTs (not the fixture's /healthz probes)."""
+    return [line for line in log.splitlines() if f" {ACCESS} POST " in line]
+
+
+def key_values(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+def rejects_today(data_dir: Path) -> list[dict]:
+    path = data_dir / "rejects" / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def scrape(listener) -> dict[str, float]:
+    """Every sample of /metrics by name and labels, parsed by prometheus_client."""
+    response = requests.get(f"{listener.base_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+# --- logs ---------------------------------------------------------------------------
+
+
+def test_each_request_logs_one_key_value_line_with_its_fields_and_never_the_token(listener):
+    token_id = token_id_of(listener.data_dir)
+    stranger = "Zm9yZ2VkLXRva2VuLXRoYXQtbXVzdC1uZXZlci1iZS1sb2dnZWQ"
+    assert listener.post([make_event("sent", 1), make_event("opened", 2)]).status_code == 200
+    assert listener.post(b'{"type": "sent",').status_code == 400
+    assert listener.post(make_event("sent", 3), token=stranger).status_code == 401
+
+    lines = wait_for(
+        lambda: len(access_lines(listener.log())) >= 3 and access_lines(listener.log())
+    )
+    accepted, malformed, unknown = (key_values(line) for line in lines[:3])
+    assert accepted["status"] == "200"
+    assert accepted["events"] == "2"
+    assert int(accepted["bytes"]) > 100
+    assert float(accepted["latency_ms"]) > 0
+    assert accepted["token_id"] == token_id
+    assert accepted["reason"] == "-"
+    assert malformed["status"] == "400"
+    assert malformed["reason"] == "invalid_json"
+    assert malformed["events"] == "0"
+    assert malformed["bytes"] == str(len(b'{"type": "sent",'))
+    assert malformed["token_id"] == token_id
+    assert unknown["status"] == "401"
+    assert unknown["reason"] == "invalid_token"
+    assert unknown["token_id"] == "-"
+    assert all("POST /hooks/<redacted>" in line for line in lines[:3])
+
+    listener.stop()
+    log = listener.log()
+    assert listener.tokens[0] not in log
+    assert stranger not in log
+
+
+def test_json_log_format_has_the_same_fields(data_dir):
+    token = create_token(data_dir)
+    running = start_listener(data_dir, "--log-format", "json")
+    running.tokens.append(token)
+    try:
+        assert running.post(make_event("clicked", 5)).status_code == 200
+        assert running.post(b"[]").status_code == 400
+    finally:
+        running.stop()
+    records = [json.loads(line) for line in running.log().splitlines() if line.startswith("{")]
+    access = [r for r in records if r["logger"] == ACCESS and r["method"] == "POST"]
+    assert [record["status"] for record in access] == [200, 400]
+    assert access[0]["events"] == 1
+    assert access[0]["token_id"] == token_id_of(data_dir)
+    assert access[0]["reason"] is None
+    assert access[0]["latency_ms"] > 0
+    assert access[1]["reason"] == "wrong_shape"
+    assert access[1]["bytes"] == 2
+    assert token not in running.log()
+
+
+# --- the rejects folder ---------------------------------------------------------------
+
+
+def test_refused_requests_are_kept_with_reason_size_token_id_and_capped_body(data_dir):
+    token = create_token(data_dir)
+    running = start_listener(data_dir, "--rejects-body-cap", "1000", "--max-body-bytes", "100000")
+    running.tokens.append(token)
+    token_id = token_id_of(data_dir)
+    long_invalid = ('{"type": "sent", "note": "x' + "é" * 3000).encode()  # 6027 bytes, no end
+    not_utf8 = b'{"type": "caf\xe9"}'
+    try:
+        assert running.post(long_invalid).status_code == 400
+        assert running.post(not_utf8).status_code == 400
+        assert running.post(b"hello", headers={"Content-Type": "text/plain"}).status_code == 415
+        assert running.post(b'{"type": "sent"}', token="not-a-token").status_code == 401
+        too_big = running.post(b"[" + b" " * 200_000 + b"]")
+        assert too_big.status_code == 413  # waitress refuses it before the app reads it
+        assert running.post(make_event("sent", 9)).status_code == 200  # not a reject
+        assert requests.get(f"{running.base_url}/nope", timeout=5).status_code == 404
+    finally:
+        running.stop()
+
+    records = rejects_today(data_dir)
+    assert [(r["reason"], r["status"]) for r in records] == [
+        ("invalid_json", 400),
+        ("invalid_utf8", 400),
+        ("unsupported_content_type", 415),
+        ("invalid_token", 401),
+        ("body_too_large", 413),
+    ]
+    invalid, latin1, plain, stranger, big = records
+    assert invalid["size"] == len(long_invalid)
+    assert invalid["token_id"] == token_id
+    assert invalid["content_type"] == "application/json"
+    assert invalid["body_encoding"] == "utf-8"
+    assert invalid["body_truncated"] is True
+    # the cap cut a two-byte "é" in half: the half is dropped, the text kept
+    assert invalid["body"] == long_invalid[:999].decode()
+    assert invalid["message"].startswith("malformed JSON")
+    assert latin1["body_encoding"] == "base64"
+    assert base64.b64decode(latin1["body"]) == not_utf8
+    assert latin1["body_truncated"] is False
+    assert plain["body"] == "hello"
+    assert plain["content_type"] == "text/plain"
+    assert stranger["token_id"] is None
+    assert stranger["body"] == '{"type": "sent"}'
+    assert big["size"] == 200_002
+    assert big["token_id"] == token_id
+    assert big["body"] is None
+
+    text = (data_dir / "rejects").joinpath(f"{datetime.now(UTC):%Y-%m-%d}.jsonl").read_text()
+    assert token not in text
+    assert "/hooks/" not in text
+    assert stat.S_IMODE(os.stat(data_dir / "rejects").st_mode) == 0o700
+    for path in (data_dir / "rejects").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_rejects_older_than_the_retention_are_removed_at_start(data_dir):
+    rejects = data_dir / "rejects"
+    rejects.mkdir(parents=True)
+    today = datetime.now(UTC).date()
+    old = rejects / f"{today - timedelta(days=4):%Y-%m-%d}.jsonl"
+    recent = rejects / f"{today - timedelta(days=2):%Y-%m-%d}.jsonl"
+    for path in (old, recent):
+        path.write_text('{"reason": "invalid_json", "status": 400}\n')
+    create_token(data_dir)
+    running = start_listener(data_dir, "--rejects-retention-days", "3")
+    running.stop()
+    assert not old.exists()
+    assert recent.exists()
+
+
+def test_a_full_rejects_day_only_counts_and_an_unwritable_folder_never_turns_4xx_into_500(
+    tmp_path,
+):
+    capped = tmp_path / "capped"
+    token = create_token(capped)
+    running = start_listener(capped, "--rejects-max-bytes-per-day", "1500")
+    running.tokens.append(token)
+    try:
+        for _ in range(5):
+            assert running.post(b"{" + b" " * 400).status_code == 400
+        samples = scrape(running)
+    finally:
+        running.stop()
+    kept = rejects_today(capped)
+    assert 1 <= len(kept) < 5
+    assert samples["vero_webhook_rejects_recorded_total"] == len(kept)
+    assert samples["vero_webhook_rejects_unrecorded_total"] == 5 - len(kept)
+    assert samples["vero_webhook_requests_rejected_total{reason=invalid_json}"] == 5
+
+    broken = tmp_path / "broken"
+    token = create_token(broken)
+    (broken / "rejects").write_text("a file where the folder should be")
+    running = start_listener(broken)
+    running.tokens.append(token)
+    try:
+        assert running.post(b"{").status_code == 400
+        assert running.post(b"{}", token="wrong").status_code == 401
+        assert running.post(make_event("sent", 1)).status_code == 200
+        samples = scrape(running)
+    finally:
+        running.stop()
+    assert samples["vero_webhook_rejects_unrecorded_total"] == 2
+    assert "could not be recorded" in running.log()
+
+
+# --- /metrics -------------------------------------------------------------------------
+
+
+def test_metrics_count_accepted_events_rejects_commits_and_spool_size(listener):
+    before = scrape(listener)
+    assert before["vero_webhook_events_accepted_total"] == 0
+    assert before["vero_webhook_spool_segments"] == 1
+
+    assert listener.post([make_event("sent", 1), make_event("delivered", 2)]).status_code == 200
+    assert listener.post(make_event("opened", 3)).status_code == 200
+    assert listener.post(b"{").status_code == 400
+    assert listener.post(b"{}", token="wrong").status_code == 401
+    assert listener.post(b"{}", token="wrong").status_code == 401
+    after = scrape(listener)
+
+    assert after["vero_webhook_events_accepted_total"] == 3
+    assert after["vero_webhook_requests_accepted_total"] == 2
+    assert after["vero_webhook_requests_rejected_total{reason=invalid_json}"] == 1
+    assert after["vero_webhook_requests_rejected_total{reason=invalid_token}"] == 2
+    assert after["vero_webhook_spool_commit_events_count"] == 2
+    assert after["vero_webhook_spool_commit_events_sum"] == 3
+    assert after["vero_webhook_spool_commit_seconds_count"] == 2
+    assert 0 < after["vero_webhook_spool_commit_seconds_sum"] < 30
+    assert after["vero_webhook_spool_commit_events_bucket{le=+Inf}"] == 2
+    spool_bytes = sum(p.stat().st_size for p in (listener.data_dir / "spool").glob("*.jsonl"))
+    assert after["vero_webhook_spool_bytes"] == spool_bytes > 0
+    assert after["vero_webhook_spool_segments"] == 1
+    assert listener.tokens[0] not in requests.get(f"{listener.base_url}/metrics", timeout=5).text
+
+
+def test_metrics_can_be_turned_off(data_dir):
+    running = start_listener(data_dir, "--no-metrics")
+    try:
+        assert requests.get(f"{running.base_url}/metrics", timeout=5).status_code == 404
+    finally:
+        running.stop()
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
+    from tap_vero_webhook.listener import ListenerSettings, create_app
+
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
+    first_token = create_token(first_dir)
+    first = create_app(ListenerSettings(first_dir))
+    second = create_app(ListenerSettings(second_dir))
+    try:
+        answer = first.test_client().post(f"/hooks/{first_token}", json=make_event("sent", 1))
+        assert answer.status_code == 200
+        first_metrics = first.test_client().get("/metrics").get_data(as_text=True)
+        second_metrics = second.test_client().get("/metrics").get_data(as_text=True)
+    finally:
+        first.extensions["vero_webhook"].close()
+        second.extensions["vero_webhook"].close()
+    assert "vero_webhook_events_accepted_total 1.0" in first_metrics
+    assert "vero_webhook_events_accepted_total 0.0" in second_metrics
+
+
+# --- vero-webhook report ------------------------------------------------------------
+
+
+def spool_lines(data_dir: Path) -> list[bytes]:
+    lines = []
+    for path in sorted((data_dir / "spool").glob("*.jsonl")):
+        lines += path.read_bytes().splitlines(keepends=True)
+    return lines
+
+
+def test_report_counts_what_was_posted_refused_and_loaded(listener, tmp_path):
+    posted = [make_event(kind, n) for n, kind in enumerate(["sent"] * 3 + ["opened"] * 2)]
+    posted.append(make_event("user_created", 9))
+    for event in posted[:4]:
+        assert listener.post(event).status_code == 200
+    assert listener.post(posted[4:]).status_code == 200
+    assert listener.post(b"{").status_code == 400
+    assert listener.post(b"[]").status_code == 400
+    assert listener.post(b"{}", token="wrong").status_code == 401
+
+    state_file = tmp_path / "state.json"
+    state_file.write_text(
+        json.dumps(
+            {
+                "bookmarks": {
+                    "data": {"replication_key": "_sdc_webhook_sequence", "replication_key_value": 4}
+                }
+            }
+        )
+    )
+    data_dir = str(listener.data_dir)
+    report = json.loads(
+        run_cli("report", "--data-dir", data_dir, "--state-file", str(state_file), "--json").stdout
+    )
+
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
+    assert report["accepted"]["total"] == 6
+    assert report["accepted"]["by_type"] == {"opened": 2, "sent": 3, "user_created": 1}
+    assert report["accepted"]["by_day"] == [
+        {"day": today, "events": 6, "by_type": {"opened": 2, "sent": 3, "user_created": 1}}
+    ]
+    reasons = {(r["reason"], r["status"]): r["requests"] for r in report["rejected"]["by_reason"]}
+    assert reasons == {("invalid_json", 400): 1, ("wrong_shape", 400): 1, ("invalid_token", 401): 1}
+    assert report["rejected"]["total"] == 3
+
+    lines = spool_lines(listener.data_dir)
+    waiting = [line for line in lines if json.loads(line)["seq"] > 4]
+    backlog = report["backlog"]
+    assert backlog["loaded_through_seq"] == 4
+    assert backlog["events"] == 2
+    assert backlog["bytes"] == sum(len(line) for line in waiting)
+    assert backlog["oldest_received_at"] == json.loads(waiting[0])["received_at"]
+    assert 0 <= backlog["oldest_age_seconds"] < 120
+    assert report["spool"]["events"] == 6
+    assert report["spool"]["bytes"] == sum(len(line) for line in lines)
+
+    # without a state, nothing counts as loaded; the table names every section
+    table = run_cli("report", "--data-dir", data_dir).stdout
+    assert "ACCEPTED EVENTS (6 in 1 spool segments" in table
+    assert f"{today}  sent" in table
+    assert "invalid_token" in table
+    assert "events waiting        6" in table
+
+
+def test_report_splits_days_and_takes_the_last_state_of_target_output(tmp_path):
+    """A spool written by hand over two days; the state as a target prints it, one per line."""
+    data_dir = tmp_path / "data"
+    (data_dir / "spool").mkdir(parents=True)
+    envelopes = [
+        (1, "2026-11-28T23:59:59.000000Z", {"type": "sent"}),
+        (2, "2026-11-29T00:00:00.000000Z", {"type": "sent"}),
+        (3, "2026-11-29T10:00:00.000000Z", {"type": "bounced"}),
+        (4, "2026-11-29T11:00:00.000000Z", {"no_type": True}),
+    ]
+    (data_dir / "spool" / "00000000000000000001.jsonl").write_text(
+        "".join(
+            json.dumps({"seq": s, "received_at": t, "id": f"id-{s}", "event": e}).replace(" ", "")
+            + "\n"
+            for s, t, e in envelopes
+        )
+    )
+    target_output = tmp_path / "state.jsonl"
+    target_output.write_text(
+        '{"bookmarks": {"data": {"replication_key_value": 1}}}\n'
+        '{"bookmarks": {"data": {"replication_key_value": 2}}}\n'
+    )
+    report = json.loads(
+        run_cli(
+            "report", "--data-dir", str(data_dir), "--state-file", str(target_output), "--json"
+        ).stdout
+    )
+    assert report["accepted"]["by_day"] == [
+        {"day": "2026-11-28", "events": 1, "by_type": {"sent": 1}},
+        {"day": "2026-11-29", "events": 3, "by_type": {"(no type)": 1, "bounced": 1, "sent": 1}},
+    ]
+    assert report["backlog"]["loaded_through_seq"] == 2
+    assert report["backlog"]["events"] == 2
+    assert report["backlog"]["oldest_received_at"] == "2026-11-29T10:00:00.000000Z"
+    assert report["rejected"] == {"total": 0, "by_reason": []}
+
+
+def test_report_refuses_two_state_sources_and_a_state_on_another_key(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    state = tmp_path / "state.json"
+    state.write_text(
+        '{"bookmarks": {"data": {"replication_key": "id", "replication_key_value": 3}}}'
+    )
+    both = run_cli(
+        "report", "--data-dir", str(data_dir), "--state-file", str(state),
+        "--meltano-project", str(tmp_path), check=False,
+    )  # fmt: skip
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+    wrong_key = run_cli(
+        "report", "--data-dir", str(data_dir), "--state-file", str(state), check=False
+    )
+    assert wrong_key.returncode == 1
+    assert "_sdc_webhook_sequence" in wrong_key.stderr
+
+
+@pytest.mark.slow
+def test_report_reads_the_state_meltano_saved(listener, tmp_path):
+    for n in range(5):
+        assert listener.post(make_event("delivered", n)).status_code == 200
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "meltano.yml").write_text(
+        "default_environment: prod\n"
+        "project_id: 5d0c6a52-8c1e-4b9e-9a51-3f3a6a7c0b11\n"
+        "send_anonymous_usage_stats: false\n"
+        "environments:\n- name: prod\n"
+    )
+    env = {**os.environ, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    state = {
+        "singer_state": {
+            "bookmarks": {
+                "data": {"replication_key": "_sdc_webhook_sequence", "replication_key_value": 3}
+            }
+        }
+    }
+    meltano = str(Path(VERO_WEBHOOK).parent / "meltano")
+    subprocess.run(
+        [meltano, "state", "set", "--force", "prod:tap-vero-webhook-to-target-postgres",
+         json.dumps(state)],
+        cwd=project, env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    done = subprocess.run(
+        [VERO_WEBHOOK, "report", "--data-dir", str(listener.data_dir),
+         "--meltano-project", str(project), "--json"],
+        env=env, check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["backlog"]["state_source"] == (
+        "Meltano state prod:tap-vero-webhook-to-target-postgres"
+    )
+    assert report["backlog"]["loaded_through_seq"] == 3
+    assert report["backlog"]["events"] == 2
