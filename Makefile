@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PYTHON := $(BIN)/python
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup plugins run test bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m pip install --quiet uv
@@ -16,7 +16,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano into .venv
 
-test: setup  ## the whole suite, end-to-end loads into PostgreSQL included
+.meltano/.installed: $(VENV)/.installed meltano.yml
+	$(BIN)/meltano install
+	touch $@
+
+plugins: .meltano/.installed  ## install meltano.yml's plugins (tap, target-postgres, target-duckdb) into .meltano
+
+run: setup plugins  ## the listener on :8080, replicating into output/vero.duckdb every 15 s; Ctrl-C stops
+	scripts/quickstart.sh
+
+test: setup plugins  ## the whole suite, end-to-end loads into PostgreSQL included
 	$(BIN)/pytest -ra
 
 lint: setup
