@@ -55,10 +55,13 @@ class _Envelope(msgspec.Struct):
 def loaded_through(state: dict) -> int | None:
     """The highest sequence the loader confirmed in a Singer state (None if none yet).
 
-    Accepts a bare Singer state or Meltano's wrapper ``{"singer_state": {...}}``.
+    Accepts a bare Singer state (what a target prints once it has committed), a
+    STATE message, or Meltano's wrapper ``{"singer_state": {...}}``.
     """
     if not isinstance(state, dict):
         raise ReportError("the state is not a JSON object")
+    if state.get("type") == "STATE" and isinstance(state.get("value"), dict):
+        state = state["value"]  # a Singer STATE message rather than its value
     state = state.get("singer_state", state)
     bookmark = (state.get("bookmarks") or {}).get(STREAM) or {}
     key = bookmark.get("replication_key")

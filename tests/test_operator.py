@@ -18,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import VERO_WEBHOOK, create_token, run_cli, start_listener
+from tests.conftest import TAP, VERO_WEBHOOK, create_token, run_cli, start_listener
 from tests.vero_events import make_event
 
 ACCESS = "tap_vero_webhook.access"
@@ -446,3 +446,41 @@ def test_report_reads_the_state_meltano_saved(listener, tmp_path):
     )
     assert report["backlog"]["loaded_through_seq"] == 3
     assert report["backlog"]["events"] == 2
+
+
+# --- the tap run's log line ----------------------------------------------------------
+
+
+def test_a_tap_run_logs_events_emitted_position_range_and_time_and_report_follows_it(
+    listener, tmp_path
+):
+    for n in range(5):
+        assert listener.post(make_event("converted", n)).status_code == 200
+    config, state = tmp_path / "tap.json", tmp_path / "state.json"
+    config.write_text(json.dumps({"data_dir": str(listener.data_dir)}))
+    state.write_text(
+        json.dumps({"bookmarks": {"data": {"replication_key": "_sdc_webhook_sequence",
+                                           "replication_key_value": 2}}})
+    )  # fmt: skip
+    done = subprocess.run(
+        [TAP, "--config", str(config), "--state", str(state)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    runs = [line for line in done.stderr.splitlines() if "tap run:" in line]
+    assert len(runs) == 1
+    assert "emitted 3 events, seq 3..5 (after bookmark 2) in " in runs[0]
+    assert "INFO" in runs[0]
+
+    # the tap's last STATE, as a target would confirm it: nothing is left waiting
+    last_state = [line for line in done.stdout.splitlines() if '"STATE"' in line][-1]
+    confirmed = tmp_path / "confirmed.json"
+    confirmed.write_text(last_state + "\n")
+    report = json.loads(
+        run_cli(
+            "report", "--data-dir", str(listener.data_dir), "--state-file", str(confirmed),
+            "--json",
+        ).stdout
+    )  # fmt: skip
+    assert report["backlog"]["loaded_through_seq"] == 5
+    assert report["backlog"]["events"] == 0
+    assert report["backlog"]["oldest_received_at"] is None
