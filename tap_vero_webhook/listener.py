@@ -37,11 +37,13 @@ ACCEPTED_CONTENT_TYPES = ("application/json",)
 access_log = logging.getLogger("tap_vero_webhook.access")
 
 _TOKEN_IN_PATH = re.compile(r"(/hooks/)[^\s\"'?#]*")
+# what `secrets.token_urlsafe(32)` makes, wherever it shows up (a URL pasted without /hooks/)
+_TOKEN_SHAPED = re.compile(r"(?<![\w-])[\w-]{43}(?![\w-])", re.ASCII)
 
 
 def redact(text: str) -> str:
-    """Replace the token segment of any webhook path in `text`."""
-    return _TOKEN_IN_PATH.sub(r"\1<redacted>", text)
+    """Replace the token segment of any webhook path in `text`, and anything token-shaped."""
+    return _TOKEN_SHAPED.sub("<redacted>", _TOKEN_IN_PATH.sub(r"\1<redacted>", text))
 
 
 class RedactTokens(logging.Filter):
@@ -49,7 +51,7 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "/hooks/" in message:
+        if "/hooks/" in message or _TOKEN_SHAPED.search(message):
             record.msg, record.args = redact(message), None
         return True
 
