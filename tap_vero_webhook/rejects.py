@@ -20,8 +20,8 @@ of the refusal)::
 - Recording is best effort and off the accept path: no fsync, and any error
   (disk full, permissions) is counted, logged and swallowed, so the sender still
   gets its 4xx/503 and never a 500 because of this file.
-- Bounded: files older than the retention are deleted (at start and whenever the
-  day changes), and one day's file stops growing at `max_bytes_per_day`, so
+- Bounded: files older than the retention are deleted (at start and at the first
+  refusal of each UTC day), and one day's file stops growing at `max_bytes_per_day`, so
   strangers posting to bad URLs cannot fill the disk; what is not written is
   still counted (`unrecorded`, exported on /metrics) and logged.
 """
@@ -73,8 +73,10 @@ def encode_body(body: bytes | None, cap: int) -> tuple[str | None, str | None, b
     """(text, encoding, truncated) for the first `cap` bytes of `body`."""
     if not body:
         return None, None, False
-    kept = body[:cap]
     truncated = len(body) > cap
+    if cap <= 0:
+        return None, None, truncated
+    kept = body[:cap]
     try:
         return kept.decode("utf-8"), "utf-8", truncated
     except UnicodeDecodeError as exc:
