@@ -253,7 +253,8 @@ def format_report(report: dict) -> str:
 
     seqs = f", seq {spool['first_seq']}..{spool['last_seq']}" if spool["events"] else ""
     out.append(
-        f"ACCEPTED EVENTS ({spool['events']} in {spool['segments']} spool segments, "
+        f"ACCEPTED EVENTS ({spool['events']} in {spool['segments']} spool "
+        f"segment{'' if spool['segments'] == 1 else 's'}, "
         f"{spool['bytes']} bytes{seqs})"
     )
     if accepted["by_day"]:

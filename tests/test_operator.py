@@ -346,7 +346,7 @@ def test_report_counts_what_was_posted_refused_and_loaded(listener, tmp_path):
 
     # without a state, nothing counts as loaded; the table names every section
     table = run_cli("report", "--data-dir", data_dir).stdout
-    assert "ACCEPTED EVENTS (6 in 1 spool segments" in table
+    assert "ACCEPTED EVENTS (6 in 1 spool segment," in table
     assert f"{today}  sent" in table
     assert "invalid_token" in table
     assert "events waiting        6" in table
@@ -484,3 +484,48 @@ def test_a_tap_run_logs_events_emitted_position_range_and_time_and_report_follow
     assert report["backlog"]["loaded_through_seq"] == 5
     assert report["backlog"]["events"] == 0
     assert report["backlog"]["oldest_received_at"] is None
+
+
+@pytest.mark.slow
+def test_on_a_full_disk_refusals_still_get_their_4xx_and_503_and_are_counted(tmp_path):
+    """The data dir on a 512 KiB tmpfs, filled up: recording fails, the answer does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(disk)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        data_dir = disk  # the listener's log goes beside it, off the small disk
+        token = create_token(data_dir)
+        running = start_listener(data_dir)
+        running.tokens.append(token)
+        try:
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(filler, b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(filler)
+            assert running.post(b'{"type": "sent",' + b" " * 8000).status_code == 400
+            assert running.post(b"{}", token="wrong").status_code == 401
+            full = running.post(make_event("sent", 1))
+            assert full.status_code == 503
+            assert full.json()["error"]["code"] == "spool_unavailable"
+            on_full_disk = scrape(running)
+            (disk / "filler").unlink()
+            assert running.post(b"{").status_code == 400
+            after = scrape(running)
+        finally:
+            running.stop()
+        assert on_full_disk["vero_webhook_requests_rejected_total{reason=spool_unavailable}"] == 1
+        assert on_full_disk["vero_webhook_rejects_unrecorded_total"] == 3
+        assert after["vero_webhook_rejects_recorded_total"] == 1
+        assert [r["reason"] for r in rejects_today(data_dir)] == ["invalid_json"]
+        assert "Traceback" not in running.log()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
