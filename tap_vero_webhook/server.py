@@ -29,15 +29,19 @@ class JSONErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         code = error.reason.lower().replace(" ", "_")
+        message = redact(str(error.body))
         if error.code == 413:
             code = "body_too_large"
-        body = json.dumps({"error": {"code": code, "message": redact(str(error.body))}}).encode()
+            # waitress's own text names max_request_body_size, which is the cap + 1
+            cap = self.channel.adj.max_request_body_size - 1
+            message = f"the body is over the {cap}-byte limit"
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
-        self._note(error.code, code, redact(str(error.body)))
+        self._note(error.code, code, message)
 
     def _note(self, status: int, code: str, message: str) -> None:
         """Log, count and keep this refusal like the app's own (its body was never read)."""

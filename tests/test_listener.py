@@ -1,0 +1,506 @@
+"""The webhook endpoint over real HTTP: every answer of issue 2, and what reaches the spool.
+
+Each refusal is checked for its exact status and JSON error code, and for leaving
+the spool byte-for-byte as it was. Most tests share one listener (a module
+fixture) to stay fast; tests that need their own settings start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tap_vero_webhook.spool import SpoolReader
+from tests.conftest import create_token, run_cli, start_listener
+from tests.vero_events import event_stream, vero_examples
+
+JSON = {"Content-Type": "application/json"}
+
+
+def spool_files(data_dir: Path) -> dict[str, bytes]:
+    """Every segment of the spool, name -> bytes."""
+    return {path.name: path.read_bytes() for path in sorted((data_dir / "spool").glob("*.jsonl"))}
+
+
+def spooled(data_dir: Path) -> list[dict]:
+    """The envelopes a reader (the tap) would see, in order."""
+    return [json.loads(line) for line in SpoolReader(data_dir / "spool").lines_after(None)]
+
+
+def post_raw(listener, body: bytes, headers: dict | None = None, token: str | None = None):
+    return requests.post(
+        listener.hook_url(token),
+        data=body,
+        headers=JSON if headers is None else headers,
+        timeout=30,
+    )
+
+
+def assert_error(response: requests.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One listener for the many one-request checks, with a 100 kB body cap."""
+    data_dir = tmp_path_factory.mktemp("shared") / "data"
+    token = create_token(data_dir)
+    running = start_listener(data_dir, "--max-body-bytes", "100000")
+    running.tokens.append(token)
+    assert running.post(vero_examples()[0]).status_code == 200  # the spool is not empty
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def unchanged_spool(shared):
+    """Asserts, after the test, that the shared spool is byte-for-byte what it was."""
+    before = spool_files(shared.data_dir)
+    yield shared
+    assert spool_files(shared.data_dir) == before
+
+
+# --- what is accepted ------------------------------------------------------------------
+
+
+def test_every_vero_example_is_accepted_and_spooled_exactly_as_posted(listener):
+    examples = vero_examples()
+    ids = []
+    for example in examples:
+        response = listener.post(example)
+        assert response.status_code == 200
+        answer = response.json()
+        assert answer["accepted"] == 1
+        ids.extend(answer["ids"])
+    envelopes = spooled(listener.data_dir)
+    assert [envelope["event"] for envelope in envelopes] == examples
+    assert [envelope["id"] for envelope in envelopes] == ids
+    assert [envelope["seq"] for envelope in envelopes] == list(range(1, len(examples) + 1))
+    assert all(envelope["received_at"].endswith("Z") for envelope in envelopes)
+
+
+def test_an_array_of_objects_is_accepted_whole_in_order(shared):
+    before = len(spooled(shared.data_dir))
+    events = event_stream(25)
+    response = shared.post(events)
+    assert response.status_code == 200
+    ids = response.json()["ids"]
+    assert response.json()["accepted"] == 25
+    assert len(set(ids)) == 25
+    new = spooled(shared.data_dir)[before:]
+    assert [envelope["event"] for envelope in new] == events
+    assert [envelope["id"] for envelope in new] == ids
+    seqs = [envelope["seq"] for envelope in new]
+    assert seqs == list(range(seqs[0], seqs[0] + 25))
+
+
+def test_text_with_nul_is_accepted_and_spooled(shared):
+    body = b'{"type":"opened","note":"a\\u0000b","user":{"id":1}}'
+    response = post_raw(shared, body)
+    assert response.status_code == 200
+    envelope = spooled(shared.data_dir)[-1]
+    assert envelope["id"] == response.json()["ids"][0]
+    assert envelope["event"]["note"] == "a\x00b"
+
+
+def test_big_integers_stay_exact_in_the_spool(shared):
+    big = 123456789012345678901234567890123456789
+    body = b'{"type":"sent","user":{"id":%d},"n":-%d}' % (big, big)
+    response = post_raw(shared, body)
+    assert response.status_code == 200
+    segment = sorted((shared.data_dir / "spool").glob("*.jsonl"))[-1]
+    last_line = segment.read_bytes().splitlines()[-1]
+    assert b'"id":%d' % big in last_line
+    assert b'"n":-%d' % big in last_line
+    event = spooled(shared.data_dir)[-1]["event"]
+    assert event["user"]["id"] == big
+    assert event["n"] == -big
+
+
+def test_unicode_passes_through_unchanged(shared):
+    event = {"type": "user_created", "user": {"id": "ü", "name": "Zoë 李 ✓ 😀 \u2028"}}
+    for body in (
+        json.dumps(event, ensure_ascii=False).encode(),  # raw UTF-8
+        json.dumps(event).encode(),  # \u escapes, surrogate pairs included
+    ):
+        response = post_raw(shared, body, {"Content-Type": "application/json; charset=UTF-8"})
+        assert response.status_code == 200
+        assert spooled(shared.data_dir)[-1]["event"] == event
+
+
+def test_healthz_says_ok_and_writable(shared):
+    response = requests.get(f"{shared.base_url}/healthz", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "spool_writable": True}
+
+
+# --- what is refused, and leaves the spool alone ----------------------------------------
+
+BAD_BODIES = [
+    pytest.param(b'{"type": "opened",', "invalid_json", id="malformed"),
+    pytest.param(b"", "empty_body", id="empty"),
+    pytest.param(b"  \n ", "empty_body", id="whitespace-only"),
+    pytest.param(b'{"a": NaN}', "invalid_json", id="NaN"),
+    pytest.param(b'{"a": Infinity}', "invalid_json", id="Infinity"),
+    pytest.param(b'{"a": -Infinity}', "invalid_json", id="-Infinity"),
+    pytest.param(b'{"a": "caf\xe9"}', "invalid_utf8", id="latin-1-byte"),
+    pytest.param(b'{"a": "\xed\xa0\x80"}', "invalid_utf8", id="utf8-encoded-surrogate"),
+    pytest.param(b'{"a": "\\ud800"}', "invalid_unicode", id="lone-high-surrogate"),
+    pytest.param(b'{"a": "x\\udc00y"}', "invalid_unicode", id="lone-low-surrogate"),
+    pytest.param(b'[{"a": 1}, {"b": "\\ud83d"}]', "invalid_unicode", id="surrogate-in-2nd-event"),
+    pytest.param(b"\xef\xbb\xbf{}", "invalid_json", id="BOM"),
+    pytest.param(b'{"a": 1, "a": 2}', "duplicate_key", id="duplicate-key"),
+    pytest.param(b'{"u": {"id": 1, "id": 1}}', "duplicate_key", id="nested-duplicate-key"),
+    pytest.param(b'"an event"', "wrong_shape", id="string"),
+    pytest.param(b"42", "wrong_shape", id="number"),
+    pytest.param(b"null", "wrong_shape", id="null"),
+    pytest.param(b'[{"a": 1}, 2]', "wrong_shape", id="array-with-a-number"),
+    pytest.param(b'[{"a": 1}, [{}]]', "wrong_shape", id="array-with-an-array"),
+    pytest.param(b"[]", "wrong_shape", id="empty-array"),
+    pytest.param(b'{"a": 1e400}', "number_out_of_range", id="1e400"),
+    pytest.param(b'{"a": -1e400}', "number_out_of_range", id="-1e400"),
+    pytest.param(b'{"a": 1} {"b": 2}', "invalid_json", id="two-documents"),
+    pytest.param(b"[" * 40_000 + b"]" * 40_000, "too_deep", id="deep-nesting"),
+]
+
+
+@pytest.mark.parametrize(("body", "code"), BAD_BODIES)
+def test_a_body_that_is_not_events_gets_400(unchanged_spool, body, code):
+    assert_error(post_raw(unchanged_spool, body), 400, code)
+
+
+def test_an_array_with_one_bad_event_stores_none_of_them(unchanged_spool):
+    body = json.dumps([*event_stream(5), "not an event"]).encode()
+    assert_error(post_raw(unchanged_spool, body), 400, "wrong_shape")
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        pytest.param({"Content-Type": "text/plain"}, "unsupported_content_type", id="text"),
+        pytest.param(
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "unsupported_content_type",
+            id="form",
+        ),
+        pytest.param({}, "unsupported_content_type", id="missing"),
+        pytest.param(
+            {"Content-Type": "application/json; charset=latin-1"}, "unsupported_charset", id="l1"
+        ),
+        pytest.param(
+            {"Content-Type": "application/json; charset=utf-16"}, "unsupported_charset", id="u16"
+        ),
+    ],
+)
+def test_a_wrong_or_missing_content_type_gets_415(unchanged_spool, headers, code):
+    response = post_raw(unchanged_spool, json.dumps(vero_examples()[0]).encode(), headers)
+    assert_error(response, 415, code)
+
+
+def test_an_unknown_token_gets_401(unchanged_spool):
+    response = post_raw(unchanged_spool, b"{}", token=secrets.token_urlsafe(32))
+    assert_error(response, 401, "invalid_token")
+
+
+def test_a_get_on_a_webhook_url_gets_405(unchanged_spool):
+    response = requests.get(unchanged_spool.hook_url(), timeout=10)
+    assert_error(response, 405, "method_not_allowed")
+    response = requests.put(unchanged_spool.hook_url(), json={}, timeout=10)
+    assert_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/", "/hooks", "/hooks/", "/nope", "/healthz/x"])
+def test_other_paths_get_404(unchanged_spool, path):
+    assert_error(
+        requests.post(unchanged_spool.base_url + path, json={}, timeout=10), 404, "not_found"
+    )
+    assert_error(requests.get(unchanged_spool.base_url + path, timeout=10), 404, "not_found")
+
+
+def raw_http(base_url: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send `request` as is, return what comes back until the server closes."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_response(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_a_content_length_over_the_cap_gets_413_without_the_body_being_read(unchanged_spool):
+    """Headers announce a terabyte, 2 bytes follow: the answer comes at once, not after 1 TB."""
+    request = (
+        f"POST /hooks/{unchanged_spool.tokens[0]} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{}"
+    ).encode()
+    started = time.monotonic()
+    status, answer = parse_response(raw_http(unchanged_spool.base_url, request))
+    assert time.monotonic() - started < 5
+    assert status == 413
+    assert answer["error"]["code"] == "body_too_large"
+    assert "100000" in answer["error"]["message"]
+
+
+def test_a_chunked_body_over_the_cap_gets_413(unchanged_spool):
+    def chunks():
+        yield b'{"type": "sent", "pad": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    response = requests.post(unchanged_spool.hook_url(), data=chunks(), headers=JSON, timeout=30)
+    assert_error(response, 413, "body_too_large")
+
+
+def test_a_chunked_body_under_the_cap_is_accepted(shared):
+    def chunks():
+        yield b'{"type": "sent", '
+        yield b'"user": {"id": 7}}'
+
+    response = requests.post(shared.hook_url(), data=chunks(), headers=JSON, timeout=30)
+    assert response.status_code == 200
+    assert spooled(shared.data_dir)[-1]["event"] == {"type": "sent", "user": {"id": 7}}
+
+
+def test_a_body_just_over_the_cap_gets_413_and_one_at_the_cap_is_accepted(shared):
+    def body_of(size: int) -> bytes:
+        prefix, suffix = b'{"pad":"', b'"}'
+        return prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
+
+    before = spool_files(shared.data_dir)
+    assert_error(post_raw(shared, body_of(100_001)), 413, "body_too_large")
+    assert spool_files(shared.data_dir) == before
+    assert post_raw(shared, body_of(100_000)).status_code == 200
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(st.text(max_size=8), children, max_size=4)
+            ),
+            max_leaves=12,
+        ).map(lambda value: json.dumps(value).encode()),
+    )
+)
+def test_no_input_gets_a_500(shared, body):
+    response = post_raw(shared, body)
+    assert response.status_code in (200, 400), response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    if response.status_code == 400:
+        assert response.json()["error"]["code"]
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+def test_a_revoked_token_gets_the_same_401_as_an_unknown_one_on_the_next_request(listener):
+    second = create_token(listener.data_dir)
+    assert post_raw(listener, b'{"a": 1}', token=second).status_code == 200
+    token_id = json.loads(
+        run_cli("token", "list", "--json", "--data-dir", str(listener.data_dir)).stdout
+    )[-1]["id"]
+    run_cli("token", "revoke", token_id, "--data-dir", str(listener.data_dir))
+    before = spool_files(listener.data_dir)
+    revoked = post_raw(listener, b'{"a": 2}', token=second)
+    unknown = post_raw(listener, b'{"a": 2}', token=secrets.token_urlsafe(32))
+    assert_error(revoked, 401, "invalid_token")
+    assert revoked.json() == unknown.json()
+    assert spool_files(listener.data_dir) == before
+    assert post_raw(listener, b'{"a": 3}').status_code == 200  # the other token still works
+
+
+# --- 503 when the spool cannot be written -------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 kB tmpfs mounted at tmp_path/data (we run as root in CI)."""
+    mount_point = tmp_path / "data"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            "SKIPPED LOUDLY: cannot mount a tmpfs to fill up (needs root): "
+            + (result.stderr.strip() or str(result.returncode))
+        )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_gets_503_leaves_the_spool_intact_and_recovers(tiny_disk):
+    token = create_token(tiny_disk)
+    running = start_listener(tiny_disk)
+    try:
+        first = running.post(vero_examples()[0], token=token)
+        assert first.status_code == 200
+        filler = tiny_disk / "filler"
+        with open(filler, "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass
+        before = spool_files(tiny_disk)
+        big_event = {"type": "sent", "pad": "x" * 20_000}  # needs fresh pages, there are none
+        refused = running.post(big_event, token=token)
+        assert_error(refused, 503, "spool_unavailable")
+        assert spool_files(tiny_disk) == before
+        assert [e["id"] for e in spooled(tiny_disk)] == first.json()["ids"]
+        health = requests.get(f"{running.base_url}/healthz", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["spool_writable"] is False
+
+        filler.unlink()
+        accepted = running.post(big_event, token=token)
+        assert accepted.status_code == 200
+        envelopes = spooled(tiny_disk)
+        assert [e["id"] for e in envelopes] == first.json()["ids"] + accepted.json()["ids"]
+        assert envelopes[-1]["event"] == big_event
+        assert envelopes[-1]["seq"] > envelopes[0]["seq"]
+        assert requests.get(f"{running.base_url}/healthz", timeout=10).status_code == 200
+    finally:
+        running.stop()
+    assert token not in running.log()
+
+
+# --- secrets, files, binding -------------------------------------------------------------
+
+
+def disconnect_mid_request(base_url: str, token: str) -> None:
+    """Half a body, then gone; and a whole request whose sender leaves before the answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /hooks/{token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            'Content-Length: 500\r\n\r\n{"type": "se'.encode()
+        )
+    for _ in range(10):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            sock.sendall(
+                f"POST /hooks/{token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 2\r\n\r\n{}".encode()
+            )
+
+
+def test_tokens_never_reach_the_log_the_spool_or_an_error_body(tmp_path):
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir)
+    revoked = create_token(data_dir)
+    revoked_id = json.loads(run_cli("token", "list", "--json", "--data-dir", str(data_dir)).stdout)[
+        -1
+    ]["id"]
+    for log_format in ("text", "json"):
+        running = start_listener(
+            data_dir,
+            "--log-format",
+            log_format,
+            "--log-level",
+            "DEBUG",
+            "--max-body-bytes",
+            "10000",
+        )
+        running.tokens.append(token)
+        bodies = []
+        answers = [
+            running.post({"type": "sent", "echo": token}),  # a token in the payload is data
+            post_raw(running, b"{nope"),
+            post_raw(running, b"{}", {"Content-Type": "text/plain"}),
+            post_raw(running, b"{}", token=token + "x"),
+            post_raw(running, b"{}", token=token + "/../../x"),
+            requests.get(running.hook_url(), timeout=10),
+            requests.post(f"{running.base_url}/hooks//{token}", json={}, timeout=10),
+            requests.post(f"{running.base_url}/hooks/{token}?t={token}", json={}, timeout=10),
+            requests.post(
+                running.hook_url(), data=(b"x" * 1000 for _ in range(20)), headers=JSON, timeout=30
+            ),
+        ]
+        if log_format == "text":
+            run_cli("token", "revoke", revoked_id, "--data-dir", str(data_dir))
+        answers.append(post_raw(running, b"{}", token=revoked))
+        disconnect_mid_request(running.base_url, token)
+        time.sleep(0.5)
+        assert requests.get(f"{running.base_url}/healthz", timeout=10).status_code == 200
+        running.stop()
+        for answer in answers:
+            assert answer.status_code != 500
+            bodies.append(answer.content)
+            assert "Location" not in answer.headers or token not in answer.headers["Location"]
+        log = running.log()
+        assert "/hooks/<redacted>" in log
+        for secret in (token, revoked):
+            assert secret not in log
+            assert all(secret.encode() not in body for body in bodies[1:])
+    spool = b"".join(spool_files(data_dir).values())
+    # only where the sender put it inside an event's own data
+    assert spool.count(token.encode()) == 2
+    assert revoked.encode() not in spool
+
+
+def test_files_are_private_and_the_listener_binds_localhost(listener):
+    assert listener.post(vero_examples()[0]).status_code == 200
+    assert listener.base_url.startswith("http://127.0.0.1:")
+    data_dir = listener.data_dir
+    checked = []
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            assert stat.S_IMODE((Path(root) / name).stat().st_mode) == 0o700, name
+        for name in files:
+            assert stat.S_IMODE((Path(root) / name).stat().st_mode) == 0o600, name
+            checked.append(name)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert "tokens.json" in checked
+    assert "00000000000000000001.jsonl" in checked
+    port = int(listener.base_url.rsplit(":", 1)[1])
+    for address in other_local_addresses():
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=2).close()
+
+
+def other_local_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses (the listener must not answer on them)."""
+    if not shutil.which("hostname"):
+        return []
+    result = subprocess.run(["hostname", "-I"], capture_output=True, text=True)
+    return [a for a in result.stdout.split() if "." in a and not a.startswith("127.")]
