@@ -24,10 +24,15 @@ TAP_VERO_WEBHOOK_DATA_DIR=$(realpath -m "$VERO_WEBHOOK_DATA_DIR")
 LOAD_LOG=$(dirname "$TARGET_DUCKDB_PATH")/last-load.log
 BASE_URL="http://$VERO_WEBHOOK_HOST:$VERO_WEBHOOK_PORT"
 
-say() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
+if [[ -t 2 ]]; then
+    say() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
+else
+    say() { printf '%s\n' "$*" >&2; }
+fi
 
 count_rows() {
-    scripts/query.sh "SELECT count(*) FROM stitch_vero.data" --scalar 2>/dev/null || echo 0
+    QUERY_WAIT_SECONDS=5 scripts/query.sh "SELECT count(*) FROM stitch_vero.data" --scalar \
+        2>/dev/null || echo "?"
 }
 
 # DuckDB does not create the folder of its file.
@@ -46,7 +51,7 @@ fi
 listener_pid=
 loader_pid=
 stop() {
-    local status=$?
+    local status=${1:-$?}
     trap - INT TERM EXIT
     say "stopping…"
     for pid in $loader_pid $listener_pid; do
@@ -56,7 +61,8 @@ stop() {
     say "stopped. Events received but not yet loaded stay in the spool; the next run loads them."
     exit "$status"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap stop EXIT
 
 $BIN/vero-webhook serve &
 listener_pid=$!
@@ -71,12 +77,14 @@ done
 
 say ""
 if [[ -n $url ]]; then
-    say "Your webhook URL (shown this once; paste it into Vero → Settings → Webhooks):"
+    say "Your webhook URL (shown this once only):"
     say "  $url"
+    say "(For a real Vero account the listener needs a public HTTPS address: docs/meltano.md.)"
 else
-    url="$BASE_URL/hooks/<your webhook URL's secret>"
-    say "A webhook URL exists already; it was shown only when it was created."
-    say "  Lost it? $BIN/vero-webhook token list, then token revoke <id>, and make run again."
+    url="$BASE_URL/hooks/<secret>"
+    say "A webhook URL exists already; it was shown only when it was created. Lost it? Make another"
+    say "(at most 2 are active; see vero-webhook token list / token revoke):"
+    say "  $BIN/vero-webhook token create --data-dir $VERO_WEBHOOK_DATA_DIR --base-url $BASE_URL"
 fi
 cat >&2 <<EOF
 
@@ -97,10 +105,14 @@ while true; do
     loader_pid=$!
     if wait "$loader_pid"; then
         after=$(count_rows)
-        say "$(date +%H:%M:%S) load done: $((after - before)) new, $after rows in stitch_vero.data"
+        if [[ $before =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]]; then
+            say "$(date +%H:%M:%S) load done: $((after - before)) new, $after rows in stitch_vero.data"
+        else
+            say "$(date +%H:%M:%S) load done: $after rows in stitch_vero.data"
+        fi
     else
-        say "$(date +%H:%M:%S) load failed (log: $LOAD_LOG); retrying in $LOAD_EVERY_SECONDS s." \
-            "Is another process holding $TARGET_DUCKDB_PATH open?"
+        say "$(date +%H:%M:%S) load failed; retrying in $LOAD_EVERY_SECONDS s. Full log: $LOAD_LOG"
+        grep -E 'Exception|Error:|already running' "$LOAD_LOG" | tail -1 | cut -c1-300 >&2 || true
     fi
     loader_pid=
     sleep "$LOAD_EVERY_SECONDS" &
