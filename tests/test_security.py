@@ -321,22 +321,23 @@ def test_a_token_too_long_for_the_request_line_gets_431(module_listener):
 
 FLOOD = """
 import sys, threading, time, requests
-url, seconds = sys.argv[1], float(sys.argv[2])
+method, url, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 count = [0]
 def hammer():
     session = requests.Session()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        session.post(url, json={"type": "sent"}, timeout=30)
+        session.request(method, url, json={"type": "sent"}, timeout=30)
         count[0] += 1
 threads = [threading.Thread(target=hammer) for _ in range(8)]
 for thread in threads: thread.start()
 for thread in threads: thread.join()
 print(count[0])
 """
+FLOOD_SECONDS = 6
 
 
-def p50_of_valid_posts(listener, count: int) -> float:
+def p50_of_valid_posts(listener, count: int = 120) -> float:
     session = requests.Session()
     latencies = []
     for number in range(count):
@@ -347,23 +348,38 @@ def p50_of_valid_posts(listener, count: int) -> float:
     return statistics.median(latencies)
 
 
-@pytest.mark.slow
-def test_a_flood_of_wrong_tokens_barely_slows_the_right_ones(listener):
-    """p50 latency of valid POSTs, alone and beside 8 threads (another process) posting
-    with wrong tokens as fast as they can. Every valid POST is still accepted."""
-    quiet = p50_of_valid_posts(listener, 150)
+def p50_during_flood(listener, method: str, url: str) -> tuple[float, int]:
+    """p50 of valid POSTs while 8 threads in another process send `method url` flat out."""
     flood = subprocess.Popen(
-        [sys.executable, "-c", FLOOD, f"{listener.base_url}/hooks/not-a-token", "8"],
+        [sys.executable, "-c", FLOOD, method, url, str(FLOOD_SECONDS)],
         stdout=subprocess.PIPE,
         text=True,
     )
     time.sleep(1)
-    flooded = p50_of_valid_posts(listener, 150)
-    wrong_requests = int(flood.communicate(timeout=60)[0])
-    ratio = flooded / quiet
-    print(
-        f"\nflood: p50 valid POST {quiet * 1000:.2f} ms quiet, {flooded * 1000:.2f} ms under "
-        f"{wrong_requests} wrong-token POSTs in 8 s ({wrong_requests / 8:.0f}/s): ratio {ratio:.2f}"
+    p50 = p50_of_valid_posts(listener)
+    return p50, int(flood.communicate(timeout=60)[0])
+
+
+@pytest.mark.slow
+def test_a_flood_of_wrong_tokens_barely_slows_the_right_ones(listener):
+    """p50 latency of valid POSTs: alone; beside 8 threads (another process) posting with a
+    wrong token flat out; and, as the baseline for what any flood costs on this machine,
+    beside the same 8 threads sending GET /healthz. A wrong token must cost no more than a
+    health check does (no lock, no disk write, no slow path), and every valid POST is
+    still accepted."""
+    quiet = p50_of_valid_posts(listener)
+    wrong, wrong_count = p50_during_flood(
+        listener, "POST", f"{listener.base_url}/hooks/not-a-token"
     )
-    assert wrong_requests > 1000
-    assert ratio < 10, (quiet, flooded)
+    health, health_count = p50_during_flood(listener, "GET", f"{listener.base_url}/healthz")
+    print(
+        f"\nflood: p50 valid POST {quiet * 1000:.2f} ms quiet; {wrong * 1000:.2f} ms beside "
+        f"{wrong_count / FLOOD_SECONDS:.0f} wrong-token POST/s (x{wrong / quiet:.2f}); "
+        f"{health * 1000:.2f} ms beside {health_count / FLOOD_SECONDS:.0f} GET /healthz/s "
+        f"(x{health / quiet:.2f})"
+    )
+    assert wrong_count > 500
+    # On 2 shared cores any flood that saturates the CPU slows everything; the bound that
+    # says something about the listener is the one against the health-check flood.
+    assert wrong / quiet < 25, (quiet, wrong)
+    assert wrong / health < 2.5, (wrong, health)
