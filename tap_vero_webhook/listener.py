@@ -323,7 +323,11 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
             405: f"{request.method} is not allowed here",
             413: f"the body is over the {settings.max_body_bytes}-byte limit",
         }
-        return error_response(exc.code or 500, code, messages.get(exc.code, exc.description))
+        response = error_response(exc.code or 500, code, messages.get(exc.code, exc.description))
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
