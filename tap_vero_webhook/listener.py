@@ -247,6 +247,8 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
     app = ListenerApp(__name__)
     # else /hooks//<token> answers a 308 that echoes the token back in Location
     app.url_map.merge_slashes = False
+    # else OPTIONS gets an empty text/html 200; every answer here is JSON (405 with Allow)
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state = ListenerState(settings)
     app.extensions["vero_webhook"] = state

@@ -8,6 +8,7 @@ import json
 from importlib.resources import files
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
@@ -72,3 +73,14 @@ def test_generated_requests_with_a_wrong_token_spool_nothing(api_listener):
     """Runs after the generated cases: the spool holds only what the real token posted."""
     for line in b"".join(spool_state(api_listener.data_dir).values()).splitlines():
         assert line.startswith(b'{"seq":') and line.endswith(b"}")
+
+
+def test_every_method_gets_a_json_answer(api_listener):
+    """Undocumented methods get 405 in the one JSON error shape, with Allow."""
+    for method in ("OPTIONS", "PUT", "DELETE", "PATCH", "GET"):
+        response = requests.request(method, api_listener.hook_url(), timeout=10)
+        assert response.status_code == 405, (method, response.status_code)
+        assert response.headers["Allow"] == "POST"
+        assert response.json()["error"]["code"] == "method_not_allowed"
+    head = requests.head(api_listener.hook_url(), timeout=10)
+    assert head.status_code == 405
