@@ -38,9 +38,12 @@ count_rows() {
 # DuckDB does not create the folder of its file.
 mkdir -p "$(dirname "$TARGET_DUCKDB_PATH")"
 
-# A deleted DuckDB file means "start over": forget what was loaded into it.
+# A deleted DuckDB file means "start over": forget what was loaded into it
+# (in the background, while the listener starts; the first load waits for it).
+forget_pid=
 if [[ ! -e $TARGET_DUCKDB_PATH ]]; then
-    $BIN/meltano state clear --force "$DUCKDB_STATE_ID" >/dev/null 2>&1 || true
+    $BIN/meltano state clear --force "$DUCKDB_STATE_ID" >/dev/null 2>&1 &
+    forget_pid=$!
 fi
 
 url=
@@ -99,6 +102,9 @@ Ctrl-C stops the listener and the loads.
 
 EOF
 
+if [[ -n $forget_pid ]]; then
+    wait "$forget_pid" || true
+fi
 while true; do
     before=$(count_rows)
     $BIN/meltano run tap-vero-webhook target-duckdb >"$LOAD_LOG" 2>&1 &

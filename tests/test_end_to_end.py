@@ -17,8 +17,10 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -534,3 +536,78 @@ def test_embedded_duckdb_loads_every_event_with_queryable_json(
         assert campaign_name == (event.get("campaign") or {}).get("name")
     latest = {row["user_id"]: json.loads(row["changes"]) for row in result["latest"]}
     assert latest == expected_latest_user_updates(site)
+
+
+# --- `make run` ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Console:
+    """The output of a running process, line by line, as a newcomer sees it."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._reader.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+
+def test_quickstart_shows_posted_events_in_duckdb_and_ctrl_c_stops_everything(meltano_env, workdir):
+    """What `make run` prints works as printed: the curl line posts an event, the next
+    load reports it, the query line finds it; Ctrl-C ends every process it started."""
+    port = free_port()
+    env = {
+        **meltano_env,
+        "VERO_WEBHOOK_DATA_DIR": str(workdir / "quickstart-data"),
+        "VERO_WEBHOOK_PORT": str(port),
+        "TARGET_DUCKDB_PATH": str(workdir / "quickstart-output" / "vero.duckdb"),
+        "LOAD_EVERY_SECONDS": "1",
+    }
+    process = subprocess.Popen(
+        [str(ROOT / "scripts" / "quickstart.sh")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        # a terminal's Ctrl-C reaches a shell whose SIGINT is not ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    console = Console(process)
+    try:
+        console.wait_for(rf"^\s+http://127\.0\.0\.1:{port}/hooks/\S+$")
+        curl = console.wait_for(r"^\s+(curl .*)$").group(1)
+        query = console.wait_for(r"^\s+(scripts/query\.sh .*)$").group(1)
+        posted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert json.loads(posted.stdout)["accepted"] == 1, posted
+        console.wait_for(r"load done: .*\b1 rows in stitch_vero\.data")
+        table = subprocess.run(
+            ["bash", "-c", query], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+        )
+        assert "ada@example.com" in table.stdout, table.stderr
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        status = process.wait(timeout=60)
+    assert status == 0, "\n".join(console.lines)
+    console.wait_for(r"^stopped\.")
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # nothing it started is left running
