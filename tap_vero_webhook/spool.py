@@ -174,7 +174,7 @@ class _Batch:
     done: bool = False
     written: bool = False
     error: OSError | None = None
-    wakeup: threading.Condition | None = None
+    waiters: list[threading.Lock] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -189,13 +189,13 @@ class Stamp:
 class SpoolWriter:
     """Appends envelopes to the newest segment, one fsync per group of concurrent batches.
 
-    Group commit: the first caller that finds no write in flight becomes the leader,
-    takes every line queued so far, writes and fsyncs them while holding no Python
-    lock, then wakes everyone whose lines it carried. Callers arriving meanwhile queue
-    their lines for the next leader. A caller returns only once its lines are durable.
-    Each batch has its own condition, so a commit wakes only the callers it carried,
-    plus one caller of the next batch to lead it: waking every waiter on every commit
-    costs more CPU (context switches, GIL hand-offs) than the fsync itself.
+    Group commit: callers queue their lines in the open batch and sleep; one writer
+    thread takes every line queued so far, writes and fsyncs them while holding no
+    Python lock, then wakes exactly the callers whose lines it carried, and at once
+    takes the batch that filled up meanwhile. A caller returns only once its lines
+    are durable. Each caller sleeps on a lock of its own, released once: waking every
+    waiter on every commit (a shared condition), or handing the lead from caller to
+    caller, costs more in context switches and GIL hand-offs than the fsync itself.
     """
 
     def __init__(self, spool_dir: Path, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES) -> None:
@@ -208,9 +208,14 @@ class SpoolWriter:
         self._lock = threading.Lock()
         self._id_pool, self._id_pool_offset = b"", 0
         self._open_batch = self._new_batch()
-        self._writing = False
+        self._work = threading.Condition(self._lock)
+        self._writer_idle = False
+        self._closing = False
         self.batches_written = 0
         self.lines_written = 0
+        self._writer = threading.Thread(target=self._write_batches, name="spool-writer")
+        self._writer.daemon = True
+        self._writer.start()
 
     def _open_newest_segment(self) -> None:
         segments = list_segments(self.spool_dir)
@@ -239,7 +244,7 @@ class SpoolWriter:
         return ids
 
     def _new_batch(self) -> _Batch:
-        return _Batch(first_seq=self._next_seq, wakeup=threading.Condition(self._lock))
+        return _Batch(first_seq=self._next_seq)
 
     @property
     def segment_path(self) -> Path:
@@ -265,28 +270,35 @@ class SpoolWriter:
                 stamps.append(Stamp(seq, event_id, now))
                 seq += 1
             self._next_seq = seq
-            while not batch.done:
-                if self._writing:
-                    batch.wakeup.wait()
-                    continue
-                # no write in flight and ours not done: ours is the open batch; lead it
-                self._writing = True
-                carried = self._open_batch
-                self._open_batch = self._new_batch()
-                self._lock.release()
-                try:
-                    self._write(carried)
-                finally:
-                    self._lock.acquire()
-                    self._writing = False
-                    carried.done = True
-                    carried.wakeup.notify_all()
-                    if self._open_batch.lines:
-                        self._open_batch.wakeup.notify()
+            waiter = threading.Lock()
+            waiter.acquire()
+            batch.waiters.append(waiter)
+            if self._writer_idle:
+                self._work.notify()
+        waiter.acquire()  # released by the writer once our batch is written or failed
         if not batch.written:
             reason = batch.error.strerror if batch.error else "write did not complete"
             raise SpoolUnavailable(f"spool write failed: {reason}")
         return stamps
+
+    def _write_batches(self) -> None:
+        """The writer thread: commit whatever is queued, until `close`."""
+        while True:
+            with self._lock:
+                while not self._open_batch.lines and not self._closing:
+                    self._writer_idle = True
+                    self._work.wait()
+                self._writer_idle = False
+                if not self._open_batch.lines:
+                    return
+                carried = self._open_batch
+                self._open_batch = self._new_batch()
+            try:
+                self._write(carried)
+            finally:
+                carried.done = True
+                for waiter in carried.waiters:
+                    waiter.release()
 
     def _write(self, batch: _Batch) -> None:
         data = b"".join(batch.lines)
@@ -334,6 +346,11 @@ class SpoolWriter:
         return stat.f_bavail * stat.f_frsize > 0 and os.access(self._segment_path, os.W_OK)
 
     def close(self) -> None:
+        """Commit what is queued, stop the writer thread, release the spool."""
+        with self._lock:
+            self._closing = True
+            self._work.notify()
+        self._writer.join()
         os.close(self._fd)
         self._commit_lock.close()
         os.close(self._writer_lock_fd)
