@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -104,11 +105,14 @@ class JSONErrorChannel(HTTPChannel):
         return result
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')
+
+
 def _text_value(value: object) -> str:
     if value is None:
         return "-"
     text = str(value)
-    if not text or any(char in text for char in ' "=\\') or not text.isprintable():
+    if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
         return json.dumps(text)
     return text
 
@@ -196,6 +200,11 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # no formatter here shows these; skipping them is the logging HOWTO's "Optimization"
+    logging._srcfile = None  # the caller's file and line: a stack walk per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def build_server(settings: ListenerSettings, host: str, port: int, threads: int, **adjustments):
