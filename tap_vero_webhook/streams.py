@@ -91,14 +91,14 @@ class DataStream(Stream):
     def get_records(self, context: dict | None) -> t.Iterator[dict]:
         loaded_through = self.get_starting_replication_key_value(context)
         self.__dict__.pop("_bookmark", None)
+        spool_dir = self.data_dir / SPOOL_SUBDIR
+        if not spool_dir.is_dir():
+            raise SpoolNotFound(
+                f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
+            )
         with self._exclusive_run():
             if loaded_through is not None:
                 self._remove_loaded_segments(int(loaded_through))
-            spool_dir = self.data_dir / SPOOL_SUBDIR
-            if not spool_dir.is_dir():
-                raise SpoolNotFound(
-                    f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
-                )
             reader = SpoolReader(spool_dir)
             started, count, first, last = time.monotonic(), 0, None, None
             for line in reader.lines_after(loaded_through):
@@ -184,7 +184,6 @@ class _RunLock:
         self.path = path
 
     def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

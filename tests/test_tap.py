@@ -367,3 +367,4 @@ def test_a_data_dir_without_a_spool_is_an_error(tmp_path):
     run = run_tap(tmp_path, tmp_path / "not-the-data-dir", check=False)
     assert run.returncode != 0
     assert "no spool at" in run.stderr
+    assert not (tmp_path / "not-the-data-dir").exists()
