@@ -231,6 +231,25 @@ def summarize(runs: list[dict]) -> dict:
     } | {"requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs)}
 
 
+def fdatasync_latency_ms(directory: Path, count: int = 200) -> dict:
+    """p50/p99 of appending one event-sized line and fdatasync-ing it, on the spool's disk:
+    the floor under every acknowledgement, and the main thing a shared disk makes vary."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    timings = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(fd, b"x" * 800 + b"\n")
+            os.fdatasync(fd)
+            timings.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    timings.sort()
+    return {"p50_ms": round(timings[count // 2], 3), "p99_ms": round(timings[int(count * 0.99)], 3)}
+
+
 def count_spooled(spool_dir: Path) -> int:
     return sum(path.read_bytes().count(b"\n") for path in spool_dir.glob("*.jsonl"))
 
@@ -308,6 +327,7 @@ def main() -> int:
         try:
             for server in servers.values():  # warm-up, not counted
                 load(f"{server.base}/hooks/{token}", body, args.connections, 1, workdir)
+            fsync_before = fdatasync_latency_ms(workdir)
             spooled_before = count_spooled(data_dir / "spool")
             for round_index in range(args.rounds):
                 order = ["noop", "listener"] if round_index % 2 == 0 else ["listener", "noop"]
@@ -330,6 +350,7 @@ def main() -> int:
                         flush=True,
                     )
             spooled = count_spooled(data_dir / "spool") - spooled_before
+            fsync_after = fdatasync_latency_ms(workdir)
         finally:
             for server in servers.values():
                 server.stop()
@@ -352,6 +373,8 @@ def main() -> int:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "body_bytes": len(body),
+        "fdatasync_before": fsync_before,
+        "fdatasync_after": fsync_after,
         "noop": noop_summary,
         "listener": listener_summary,
         "ratio_requests_per_s": round(ratio, 3),
@@ -365,7 +388,14 @@ def main() -> int:
             f"{name:<10}{summary['requests_per_s']:>10.0f}"
             f"{summary['p50_ms']:>10.2f}{summary['p99_ms']:>10.2f}"
         )
-    print(f"ratio (listener / no-op req/s, medians): {ratio:.3f}   per round: {pair_ratios}")
+    print(
+        f"fdatasync of one line on this disk, before/after: p50 {fsync_before['p50_ms']}/"
+        f"{fsync_after['p50_ms']} ms, p99 {fsync_before['p99_ms']}/{fsync_after['p99_ms']} ms"
+    )
+    print(
+        f"ratio (listener / no-op req/s, medians): {ratio:.3f}   per round: "
+        + " ".join(f"{r:.3f}" for r in pair_ratios)
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
