@@ -65,7 +65,10 @@ def shared(tmp_path_factory):
     running.tokens.append(token)
     assert running.post(vero_examples()[0]).status_code == 200  # the spool is not empty
     yield running
+    disconnect_mid_request(running.base_url, token)
     running.stop()
+    assert token not in running.log()  # after every request of this module, and those
+    assert token.encode() not in b"".join(spool_files(data_dir).values())
 
 
 @pytest.fixture
