@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tap_vero_webhook.listener import DEFAULT_MAX_BODY_BYTES, ListenerSettings
+from tap_vero_webhook.payloads import DEFAULT_MAX_BODY_BYTES
 from tap_vero_webhook.rejects import (
     DEFAULT_BODY_CAP,
     DEFAULT_MAX_BYTES_PER_DAY,
@@ -89,10 +89,11 @@ def main() -> None:
     "--connection-limit",
     envvar=f"{ENV}CONNECTION_LIMIT",
     show_envvar=True,
-    default=100,
+    default=500,
     show_default=True,
     type=click.IntRange(1),
-    help="Open connections at most; more wait in the listen backlog.",
+    help="Open connections at most; more wait in the listen backlog (keep it under the "
+    "process's open-file limit, `ulimit -n`).",
 )
 @click.option(
     "--channel-timeout",
@@ -177,6 +178,8 @@ def serve(
     from tap_vero_webhook.server import serve as run_server
 
     configure_logging(log_format, log_level)
+    from tap_vero_webhook.listener import ListenerSettings  # Flask: only `serve` needs it
+
     settings = ListenerSettings(
         data_dir,
         max_body_bytes,

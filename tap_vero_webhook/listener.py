@@ -18,8 +18,13 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from tap_vero_webhook.files import ensure_private_dir
-from tap_vero_webhook.metrics import ListenerMetrics, MeteredSpoolWriter
-from tap_vero_webhook.payloads import PayloadError, encode_event, parse_events
+from tap_vero_webhook.metrics import ListenerMetrics
+from tap_vero_webhook.payloads import (
+    DEFAULT_MAX_BODY_BYTES,
+    PayloadError,
+    encode_event,
+    parse_events,
+)
 from tap_vero_webhook.rejects import (
     DEFAULT_BODY_CAP,
     DEFAULT_MAX_BYTES_PER_DAY,
@@ -31,7 +36,6 @@ from tap_vero_webhook.rejects import (
 from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter
 from tap_vero_webhook.tokens import TokenVerifier
 
-DEFAULT_MAX_BODY_BYTES = 20 * 1000 * 1000
 SPOOL_SUBDIR = "spool"
 ACCEPTED_CONTENT_TYPES = ("application/json",)
 
@@ -90,8 +94,8 @@ class ListenerState:
             settings.rejects_max_bytes_per_day,
         )
         self.metrics = ListenerMetrics(settings.spool_dir, self.rejects)
-        self.spool: SpoolWriter = MeteredSpoolWriter(
-            settings.spool_dir, settings.segment_max_bytes, self.metrics.observe_commit
+        self.spool = SpoolWriter(
+            settings.spool_dir, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
         )
         self.tokens = TokenVerifier(settings.data_dir)
 

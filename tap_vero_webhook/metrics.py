@@ -8,8 +8,6 @@ spool and rejects sizes are read from disk when scraped, not kept up to date.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import (
@@ -22,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tap_vero_webhook.rejects import RejectLog
-from tap_vero_webhook.spool import SpoolWriter, list_segments
+from tap_vero_webhook.spool import list_segments
 
 COMMIT_EVENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_SECONDS_BUCKETS = (
@@ -116,26 +114,3 @@ class _OnDisk:
             )
             unrecorded.add_metric([], self.rejects.unrecorded)
             yield unrecorded
-
-
-class MeteredSpoolWriter(SpoolWriter):
-    """A `SpoolWriter` that reports each group commit: how many events, how long.
-
-    It wraps `SpoolWriter._write`, which the group-commit leader calls once per
-    batch with no Python lock held, so the report costs the request path nothing.
-    """
-
-    def __init__(
-        self,
-        spool_dir: Path,
-        segment_max_bytes: int,
-        on_commit: Callable[[int, float], None],
-    ) -> None:
-        self._on_commit = on_commit
-        super().__init__(spool_dir, segment_max_bytes)
-
-    def _write(self, batch) -> None:
-        started = time.perf_counter()
-        super()._write(batch)
-        if batch.written:
-            self._on_commit(len(batch.lines), time.perf_counter() - started)

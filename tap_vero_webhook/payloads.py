@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+DEFAULT_MAX_BODY_BYTES = 20 * 1000 * 1000
+"""Stitch's cap on a webhook body, and ours by default."""
+
 
 class PayloadError(ValueError):
     """The body is not one or more events; `code` names the reason for logs and metrics."""

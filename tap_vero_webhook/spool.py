@@ -25,21 +25,28 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import logging
 import math
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
+
+logger = logging.getLogger(__name__)
+_decode_json = msgspec.json.Decoder().decode
 
 SEGMENT_SUFFIX = ".jsonl"
 SEGMENT_NAME = re.compile(r"^(\d{20})\.jsonl$")
 COMMIT_LOCK = "commit.lock"
+QUARANTINE_SUBDIR = "quarantine"
 WRITER_LOCK = "writer.lock"
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
@@ -161,25 +168,66 @@ def _create_segment(spool_dir: Path, first_seq: int) -> Path:
     return path
 
 
-def _repair_tail(path: Path) -> tuple[int, int | None]:
-    """Cut a torn last line off a segment; return its size and its last seq (None if empty)."""
-    with open(path, "rb") as segment:
-        data = segment.read()
-    good_end = data.rfind(b"\n") + 1
-    if good_end != len(data):
+def _valid_envelope_seq(line: bytes) -> int | None:
+    """The seq of a whole, well-formed envelope line, else None."""
+    try:
+        envelope = _decode_json(line)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("event"), dict):
+        return None
+    seq = envelope.get("seq")
+    return seq if type(seq) is int else None
+
+
+def _repair_newest_segment(path: Path) -> tuple[int, int | None]:
+    """Make the newest segment end with its last whole, valid envelope; return its size
+    and last seq (None if empty).
+
+    A torn last line (a crash mid-write, so never acknowledged) is cut off. A complete
+    line that is not a valid envelope, and everything after it, can only be the tail of
+    a group write cut short by a power loss (some file systems leave zeros there), which
+    no sender was told was accepted: it is moved to spool/quarantine/ for inspection,
+    never deleted and never read as events, so the listener can serve again.
+    """
+    data = path.read_bytes()
+    good_end, last_seq = 0, None
+    while (end := data.find(b"\n", good_end)) >= 0:
+        seq = _valid_envelope_seq(data[good_end : end + 1])
+        if seq is None or (last_seq is not None and seq <= last_seq):
+            break
+        good_end, last_seq = end + 1, seq
+    damaged = data[good_end:]
+    if damaged:
+        if b"\n" in damaged:
+            _quarantine(path, good_end, damaged)
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, good_end)
             os.fsync(fd)
         finally:
             os.close(fd)
-    if good_end == 0:
-        return 0, None
-    last_line = data[data.rfind(b"\n", 0, good_end - 1) + 1 : good_end]
+    return good_end, last_seq
+
+
+def _quarantine(path: Path, offset: int, damaged: bytes) -> None:
+    folder = ensure_private_dir(path.parent / QUARANTINE_SUBDIR)
+    target = folder / f"{path.stem}.from-byte-{offset}.{int(time.time())}.damaged"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
-        return good_end, line_seq(last_line)
-    except ValueError as exc:
-        raise SpoolCorrupt(f"{path}: the last complete line is not an envelope") from exc
+        os.write(fd, damaged)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(folder)
+    logger.warning(
+        "spool segment %s held %d damaged bytes from byte %d on (a write cut short by a "
+        "crash or power loss); moved them to %s and carried on",
+        path.name,
+        len(damaged),
+        offset,
+        target,
+    )
 
 
 @dataclass
@@ -213,9 +261,17 @@ class SpoolWriter:
     caller, costs more in context switches and GIL hand-offs than the fsync itself.
     """
 
-    def __init__(self, spool_dir: Path, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        spool_dir: Path,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """`on_commit(events, seconds)` is called by the writer thread after each group
+        commit (for metrics), never on a request's path."""
         self.spool_dir = ensure_private_dir(Path(spool_dir))
         self.segment_max_bytes = segment_max_bytes
+        self._on_commit = on_commit
         self._writer_lock_fd = _take_writer_lock(self.spool_dir)
         self._commit_lock = _CommitLock(self.spool_dir)
         with self._commit_lock.exclusive():
@@ -239,7 +295,7 @@ class SpoolWriter:
             size, last_seq, first_seq = 0, None, 1
         else:
             path, first_seq = segments[-1].path, segments[-1].first_seq
-            size, last_seq = _repair_tail(path)
+            size, last_seq = _repair_newest_segment(path)
         os.chmod(path, FILE_MODE)
         self._segment_path = path
         self._segment_size = size
@@ -271,8 +327,8 @@ class SpoolWriter:
         All of them are written or none is: on failure every line of the group is
         truncated away again and `SpoolUnavailable` is raised.
         """
-        now = utc_timestamp(time.time())
         with self._lock:
+            now = utc_timestamp(time.time())  # under the lock: received_at follows seq order
             ids = self._new_ids(len(encoded_events))
             batch = self._open_batch
             seq = self._next_seq
@@ -316,6 +372,7 @@ class SpoolWriter:
                     waiter.release()
 
     def _write(self, batch: _Batch) -> None:
+        started = time.perf_counter()
         data = b"".join(batch.lines)
         with self._commit_lock.exclusive():
             start = self._segment_size
@@ -336,6 +393,8 @@ class SpoolWriter:
             batch.written = True
             self.batches_written += 1
             self.lines_written += len(batch.lines)
+        if self._on_commit is not None:
+            self._on_commit(len(batch.lines), time.perf_counter() - started)
 
     def _undo(self, size: int) -> None:
         """Cut the file back to its last committed size after a failed write."""
