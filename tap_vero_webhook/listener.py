@@ -33,7 +33,7 @@ from tap_vero_webhook.rejects import (
     Rejection,
     RejectLog,
 )
-from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter
+from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter, Stamp
 from tap_vero_webhook.tokens import TokenVerifier
 
 SPOOL_SUBDIR = "spool"
@@ -98,6 +98,12 @@ class ListenerState:
             settings.spool_dir, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
         )
         self.tokens = TokenVerifier(settings.data_dir)
+
+    def accept(self, body: bytes) -> list[Stamp]:
+        """Parse a body strictly and append its events durably: the one accept step,
+        shared by the fast path and the Flask route. Raises PayloadError or
+        SpoolUnavailable, having written nothing."""
+        return self.spool.append([encode_event(event) for event in parse_events(body)])
 
     def reject(self, rejection: Rejection) -> None:
         """Count a refused webhook request and keep it in the rejects folder."""
@@ -201,8 +207,7 @@ class AcceptPath:
             return self.flask_wsgi_app(environ, start_response)
         body = environ["wsgi.input"].read(int(length_text))
         try:
-            encoded = [encode_event(event) for event in parse_events(body)]
-            stamps = self.state.spool.append(encoded)
+            stamps = self.state.accept(body)
         except (PayloadError, SpoolUnavailable):
             environ["wsgi.input"] = io.BytesIO(body)
             return self.flask_wsgi_app(environ, start_response)
@@ -288,11 +293,9 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
                 413, "body_too_large", f"the body is over the {settings.max_body_bytes}-byte limit"
             )
         try:
-            encoded = [encode_event(event) for event in parse_events(body)]
+            stamps = state.accept(body)
         except PayloadError as exc:
             raise _Refusal(400, exc.code, exc.message) from None
-        try:
-            stamps = state.spool.append(encoded)
         except SpoolUnavailable as exc:
             raise _Refusal(
                 503, "spool_unavailable", f"the event could not be stored ({exc}); retry later"
