@@ -365,10 +365,10 @@ def test_awkward_values_survive(first_load, warehouse):
 
 
 def latest_query_text() -> str:
-    """The exact SQL that docs/meltano.md gives for "latest version per key"."""
-    docs = (ROOT / "docs" / "meltano.md").read_text()
+    """The exact SQL that README.md gives for "latest version per key"."""
+    docs = (ROOT / "README.md").read_text()
     match = re.search(re.escape(LATEST_QUERY_MARK) + r"\s*```sql\n(.*?)```", docs, re.DOTALL)
-    assert match, f"docs/meltano.md lost the SQL block after {LATEST_QUERY_MARK}"
+    assert match, f"README.md lost the SQL block after {LATEST_QUERY_MARK}"
     return match.group(1)
 
 
