@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +110,29 @@ def start_listener(
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"listener did not start:\n{listener.log()}")
+
+
+@contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at `mount_point` (made here), unmounted afterwards, to fill a disk for
+    real. Needs root (CI runs as root); elsewhere the test is skipped, loudly."""
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        reason = (
+            f"FULL-DISK TESTS NOT RUN: cannot mount a tmpfs (uid {os.getuid()}; needs root or "
+            f"CAP_SYS_ADMIN): {result.stderr.strip() or result.returncode}"
+        )
+        warnings.warn(reason, stacklevel=1)
+        pytest.skip(reason)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,32 +15,16 @@ import pytest
 import requests
 
 from tap_vero_webhook.spool import SpoolReader
-from tests.conftest import TAP, create_token, start_listener
+from tests.conftest import TAP, create_token, mounted_tmpfs, start_listener
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A 512 KiB tmpfs, unmounted afterwards; skipped, loudly, where mounting is impossible."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        reason = (
-            f"FULL-DISK TESTS NOT RUN: cannot mount a tmpfs (uid {os.getuid()}; needs root or "
-            f"CAP_SYS_ADMIN): {result.stderr.strip()}"
-        )
-        warnings.warn(reason, stacklevel=1)
-        pytest.skip(reason)
-    try:
+    """A 512 KiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "small-disk", "512k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def tap_records(data_dir: Path, tmp_path: Path) -> list[dict]:

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tap_vero_webhook.spool import SpoolReader
-from tests.conftest import create_token, run_cli, start_listener
+from tests.conftest import create_token, mounted_tmpfs, run_cli, start_listener
 from tests.vero_events import event_stream, vero_examples
 
 JSON = {"Content-Type": "application/json"}
@@ -352,23 +352,9 @@ def test_a_revoked_token_gets_the_same_401_as_an_unknown_one_on_the_next_request
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 256 kB tmpfs mounted at tmp_path/data (we run as root in CI)."""
-    mount_point = tmp_path / "data"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(
-            "SKIPPED LOUDLY: cannot mount a tmpfs to fill up (needs root): "
-            + (result.stderr.strip() or str(result.returncode))
-        )
-    try:
+    """A 256 kB tmpfs as the data dir."""
+    with mounted_tmpfs(tmp_path / "data", "256k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_gets_503_leaves_the_spool_intact_and_recovers(tiny_disk):
