@@ -92,7 +92,7 @@ def serve_noop(port: int, threads: int, max_body_bytes: int) -> None:
         max_request_body_size=max_body_bytes + 1,
         cleanup_interval=15,
         asyncore_use_poll=True,
-        connection_limit=100,
+        connection_limit=500,
         channel_timeout=60,
     )
     server.channel_class = JSONErrorChannel
