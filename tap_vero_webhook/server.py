@@ -17,8 +17,8 @@ from waitress.task import ErrorTask
 from tap_vero_webhook.listener import (
     ListenerSettings,
     RedactTokens,
-    access_log,
     create_app,
+    log_access,
     redact,
 )
 from tap_vero_webhook.rejects import Rejection
@@ -69,21 +69,7 @@ class JSONErrorTask(ErrorTask):
                         remote_addr=self.channel.addr[0] if self.channel.addr else None,
                     )
                 )
-            access_log.info(
-                "%s %s",
-                method,
-                redact(path) or "-",
-                extra={
-                    "status": status,
-                    "method": method,
-                    "path": redact(path),
-                    "bytes": size or 0,
-                    "events": 0,
-                    "latency_ms": 0.0,
-                    "token_id": token_id,
-                    "reason": code,
-                },
-            )
+            log_access(method, redact(path) or "-", status, size or 0, 0, None, token_id, code)
         except Exception:
             logging.getLogger(__name__).warning("could not note a refused request", exc_info=True)
 
