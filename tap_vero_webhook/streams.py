@@ -97,8 +97,6 @@ class DataStream(Stream):
                 f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
             )
         with self._exclusive_run():
-            if loaded_through is not None:
-                self._remove_loaded_segments(int(loaded_through))
             reader = SpoolReader(spool_dir)
             started, count, first, last = time.monotonic(), 0, None, None
             for line in reader.lines_after(loaded_through):
@@ -114,6 +112,8 @@ class DataStream(Stream):
                     "was replaced or reset. Nothing was emitted. If that is intended, clear "
                     "the state (meltano state clear …) to load this spool from its start."
                 )
+            if loaded_through is not None:  # only once the bookmark is known to be this spool's
+                self._remove_loaded_segments(int(loaded_through))
             self.logger.info(
                 "tap run: emitted %d events, seq %s..%s (after bookmark %s) in %.2f s",
                 count,

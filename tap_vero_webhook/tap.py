@@ -35,7 +35,7 @@ class TapVeroWebhook(Tap):
             description=(
                 "Spool segments wholly at or below the bookmark of the state this run was "
                 "given (so committed by the destination), and last written longer ago than "
-                "this, are removed at the start of a run. Until then a replay without state "
+                "this, are removed at the end of a run. Until then a replay without state "
                 "re-emits them. Nothing past the bookmark is ever removed."
             ),
         ),

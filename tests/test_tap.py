@@ -355,12 +355,27 @@ def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
     assert [s.first_seq for s in list_segments(data_dir / "spool")] == [segments[-1].first_seq]
 
 
-def test_a_bookmark_past_the_spool_fails_loudly_instead_of_loading_nothing(listener, tmp_path):
-    ids = post_all(listener, event_stream(3))
-    assert run_tap(tmp_path, listener.data_dir, state=state_at(len(ids))).records == []
-    run = run_tap(tmp_path, listener.data_dir, state=state_at(len(ids) + 500), check=False)
+def test_a_bookmark_past_the_spool_fails_loudly_and_removes_nothing(tmp_path):
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir)
+    listener = start_listener(data_dir, "--segment-max-bytes", "2000")
+    listener.tokens.append(token)
+    try:
+        ids = post_all(listener, event_stream(20))
+    finally:
+        listener.stop()
+    segments = list_segments(data_dir / "spool")
+    assert len(segments) > 2
+    old = time.time() - 30 * 86400
+    for segment in segments:
+        os.utime(segment.path, (old, old))
+    segments = list_segments(data_dir / "spool")
+
+    assert run_tap(tmp_path, data_dir, state=state_at(len(ids)), retention_days=60).records == []
+    run = run_tap(tmp_path, data_dir, state=state_at(len(ids) + 500), check=False, retention_days=0)
     assert run.returncode != 0
     assert "was replaced or reset" in run.stderr
+    assert list_segments(data_dir / "spool") == segments  # a foreign state deletes nothing
 
 
 def test_a_data_dir_without_a_spool_is_an_error(tmp_path):
