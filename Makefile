@@ -6,12 +6,13 @@ export UV_PYTHON := $(BIN)/python
 
 .PHONY: setup plugins run test bench lint clean
 
+# Only the stdlib's venv is asked of the system Python (pip may not install into it: PEP 668).
 $(BIN)/python:
-	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv venv --quiet --python $(PYTHON) $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PYTHON) -m uv pip install --quiet -e ".[dev]"
+	$(BIN)/uv pip install --quiet -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano into .venv
