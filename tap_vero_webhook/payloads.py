@@ -8,6 +8,11 @@ import math
 DEFAULT_MAX_BODY_BYTES = 20 * 1000 * 1000
 """Stitch's cap on a webhook body, and ours by default."""
 
+MAX_DEPTH = 128
+"""Deepest nesting accepted. Vero's events nest 4 levels; what is accepted must stay
+readable by every reader downstream (the tap, the target), whose recursion limits
+are not ours to know, so the limit is far below theirs, not at Python's."""
+
 
 class PayloadError(ValueError):
     """The body is not one or more events; `code` names the reason for logs and metrics."""
@@ -62,12 +67,24 @@ _decoder = json.JSONDecoder(
 )
 
 
+def _depth(document: object) -> int:
+    """How deeply arrays and objects nest in `document` (a scalar is 0)."""
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_events(body: bytes) -> list[dict]:
     """The events in `body`: one JSON object, or a non-empty array of objects.
 
     Refuses, with a `PayloadError`: an empty body, invalid UTF-8, a byte-order mark,
     anything json.loads would not read under strict RFC 8259 (NaN, Infinity,
-    duplicate keys, numbers too large for a double, nesting too deep).
+    duplicate keys, numbers too large for a double, nesting deeper than MAX_DEPTH).
     """
     if not body.strip():
         raise PayloadError("empty_body", "the request body is empty; send one JSON event")
@@ -91,6 +108,8 @@ def parse_events(body: bytes) -> list[dict]:
         if isinstance(exc, PayloadError):
             raise
         raise PayloadError("number_out_of_range", "a number in the body is too long") from None
+    if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(document) > MAX_DEPTH:
+        raise PayloadError("too_deep", f"the JSON is nested deeper than {MAX_DEPTH} levels")
     if isinstance(document, dict):
         return [document]
     if isinstance(document, list):

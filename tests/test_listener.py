@@ -180,6 +180,7 @@ BAD_BODIES = [
     pytest.param(b'{"a": -1e400}', "number_out_of_range", id="-1e400"),
     pytest.param(b'{"a": 1} {"b": 2}', "invalid_json", id="two-documents"),
     pytest.param(b"[" * 40_000 + b"]" * 40_000, "too_deep", id="deep-nesting"),
+    pytest.param(b'{"a":' * 129 + b"1" + b"}" * 129, "too_deep", id="129-levels"),
 ]
 
 

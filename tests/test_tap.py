@@ -156,6 +156,12 @@ def test_payload_is_exact_big_integers_unicode_and_unknown_fields(listener, tmp_
     assert "brand_new_field" not in record  # not a column, but never dropped: it is in payload
 
 
+def test_the_deepest_event_the_listener_accepts_is_read_back_whole(listener, tmp_path):
+    deepest = b'{"type":"sent","x":' + b'{"a":' * 126 + b"1" + b"}" * 127  # 128 levels
+    assert listener.post(deepest).status_code == 200
+    assert run_tap(tmp_path, listener.data_dir).records[0]["payload"] == json.loads(deepest)
+
+
 def test_a_value_of_the_wrong_type_leaves_its_column_empty_and_stays_in_payload(listener, tmp_path):
     posted = {
         "type": "sent",
