@@ -329,20 +329,26 @@ def test_overlapping_runs_are_refused_with_a_clear_message(listener, tmp_path):
 # --- retention -------------------------------------------------------------------------
 
 
-def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
+def segmented_spool(tmp_path: Path, count: int, days_old: float) -> tuple[Path, list, list]:
+    """A spool of `count` events in many small segments, written by the real listener,
+    every segment last written `days_old` days ago: (data dir, ids, segments)."""
     data_dir = tmp_path / "data"
     token = create_token(data_dir)
     listener = start_listener(data_dir, "--segment-max-bytes", "2000")
     listener.tokens.append(token)
     try:
-        ids = post_all(listener, event_stream(40))
+        ids = post_all(listener, event_stream(count))
     finally:
         listener.stop()
-    segments = list_segments(data_dir / "spool")
-    assert len(segments) >= 5
-    old = time.time() - 10 * 86400
-    for segment in segments:
+    old = time.time() - days_old * 86400
+    for segment in list_segments(data_dir / "spool"):
         os.utime(segment.path, (old, old))
+    return data_dir, ids, list_segments(data_dir / "spool")
+
+
+def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
+    data_dir, ids, segments = segmented_spool(tmp_path, 40, days_old=10)
+    assert len(segments) >= 5
 
     bookmark = segments[3].first_seq  # segments 0..2 are wholly loaded, 3 only partly
     kept_back = run_tap(tmp_path, data_dir, state=state_at(bookmark), retention_days=30)
@@ -362,20 +368,8 @@ def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
 
 
 def test_a_bookmark_past_the_spool_fails_loudly_and_removes_nothing(tmp_path):
-    data_dir = tmp_path / "data"
-    token = create_token(data_dir)
-    listener = start_listener(data_dir, "--segment-max-bytes", "2000")
-    listener.tokens.append(token)
-    try:
-        ids = post_all(listener, event_stream(20))
-    finally:
-        listener.stop()
-    segments = list_segments(data_dir / "spool")
+    data_dir, ids, segments = segmented_spool(tmp_path, 20, days_old=30)
     assert len(segments) > 2
-    old = time.time() - 30 * 86400
-    for segment in segments:
-        os.utime(segment.path, (old, old))
-    segments = list_segments(data_dir / "spool")
 
     assert run_tap(tmp_path, data_dir, state=state_at(len(ids)), retention_days=60).records == []
     run = run_tap(tmp_path, data_dir, state=state_at(len(ids) + 500), check=False, retention_days=0)

@@ -10,22 +10,12 @@ import json
 import random
 from pathlib import Path
 
+from tap_vero_webhook.schema import EMAIL_EVENT_TYPES, EVENT_TYPES, USER_EVENT_TYPES
+
 EXAMPLES_PATH = Path(__file__).parent / "data" / "vero_examples.json"
 
-EMAIL_TYPES = (
-    "sent",
-    "delivered",
-    "opened",
-    "clicked",
-    "bounced",
-    "failed",
-    "converted",
-    "unsubscribed",
-    "resubscribed",
-    "complained",
-)
-USER_TYPES = ("user_created", "user_updated")
-EVENT_TYPES = EMAIL_TYPES + USER_TYPES
+EMAIL_TYPES = EMAIL_EVENT_TYPES
+USER_TYPES = USER_EVENT_TYPES
 
 
 def vero_examples() -> list[dict]:
