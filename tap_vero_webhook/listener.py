@@ -17,6 +17,7 @@ from pathlib import Path
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from tap_vero_webhook.access_log import AccessLog
 from tap_vero_webhook.files import ensure_private_dir
 from tap_vero_webhook.metrics import ListenerMetrics
 from tap_vero_webhook.payloads import (
@@ -39,9 +40,9 @@ from tap_vero_webhook.tokens import TokenVerifier
 SPOOL_SUBDIR = "spool"
 ACCEPTED_CONTENT_TYPES = ("application/json",)
 
-access_log = logging.getLogger("tap_vero_webhook.access")
-
 _TOKEN_IN_PATH = re.compile(r"(/hooks/)[^\s\"'?#]*")
+# a webhook path whose token segment is not (only) the redaction mark
+_UNREDACTED_PATH = re.compile(r"/hooks/(?!<redacted>(?:[\s\"'?#]|$))[^\s\"'?#]")
 # what `secrets.token_urlsafe(32)` makes, wherever it shows up (a URL pasted without /hooks/)
 _TOKEN_SHAPED = re.compile(r"(?<![\w-])[\w-]{43}(?![\w-])", re.ASCII)
 
@@ -56,7 +57,7 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "/hooks/" in message or _TOKEN_SHAPED.search(message):
+        if _UNREDACTED_PATH.search(message) or _TOKEN_SHAPED.search(message):
             record.msg, record.args = redact(message), None
         return True
 
@@ -98,6 +99,7 @@ class ListenerState:
             settings.spool_dir, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
         )
         self.tokens = TokenVerifier(settings.data_dir)
+        self.access = AccessLog()
 
     def accept(self, body: bytes) -> list[Stamp]:
         """Parse a body strictly and append its events durably: the one accept step,
@@ -114,6 +116,7 @@ class ListenerState:
         self.tokens.flush_last_used()
         self.spool.close()
         self.rejects.close()
+        self.access.close()
 
 
 class _Refusal(Exception):
@@ -216,40 +219,11 @@ class AcceptPath:
             '","'.join(stamp.id for stamp in stamps).encode(),
         )
         start_response("200 OK", [*_FAST_HEADERS_BASE, ("Content-Length", str(len(payload)))])
-        log_access(
+        self.state.access.note(
             "POST", "/hooks/<redacted>", 200, len(body), len(stamps), started, token_id, None
         )
         self.state.metrics.accepted(len(stamps))
         return [payload]
-
-
-def log_access(
-    method: str,
-    path: str,
-    status: int,
-    size: int,
-    events: int,
-    started: float | None,
-    token_id: str | None,
-    reason: str | None,
-) -> None:
-    """One access-log line per request, with its fields for the JSON log format."""
-    latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
-    access_log.info(
-        "%s %s",
-        method,
-        path,
-        extra={
-            "status": status,
-            "method": method,
-            "path": path,
-            "bytes": size,
-            "events": events,
-            "latency_ms": round(latency_ms, 3),
-            "token_id": token_id,
-            "reason": reason,
-        },
-    )
 
 
 def create_app(settings: ListenerSettings) -> ListenerApp:
@@ -346,7 +320,7 @@ def create_app(settings: ListenerSettings) -> ListenerApp:
 
     @app.after_request
     def log_request(response: Response) -> Response:
-        log_access(
+        state.access.note(
             request.method,
             redact(request.path),
             response.status_code,

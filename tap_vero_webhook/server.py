@@ -18,7 +18,6 @@ from tap_vero_webhook.listener import (
     ListenerSettings,
     RedactTokens,
     create_app,
-    log_access,
     redact,
 )
 from tap_vero_webhook.rejects import Rejection
@@ -69,7 +68,10 @@ class JSONErrorTask(ErrorTask):
                         remote_addr=self.channel.addr[0] if self.channel.addr else None,
                     )
                 )
-            log_access(method, redact(path) or "-", status, size or 0, 0, None, token_id, code)
+            if state is not None:
+                state.access.note(
+                    method, redact(path) or "-", status, size or 0, 0, None, token_id, code
+                )
         except Exception:
             logging.getLogger(__name__).warning("could not note a refused request", exc_info=True)
 
@@ -97,6 +99,8 @@ _NEEDS_QUOTES = re.compile(r'[ "=\\]')
 def _text_value(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, (int, float)):
+        return str(value)
     text = str(value)
     if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
         return json.dumps(text)
@@ -110,6 +114,16 @@ class KeyValueFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's default time format, with the text up to the second made once a second."""
+        whole = int(record.created)
+        cached_whole, prefix = self._second
+        if whole != cached_whole:
+            prefix = time.strftime(self.default_time_format, self.converter(whole))
+            self._second = (whole, prefix)
+        return self.default_msec_format % (prefix, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)

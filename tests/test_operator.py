@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tap_vero_webhook.access_log import AccessLog
+from tap_vero_webhook.listener import RedactTokens
 from tests.conftest import TAP, VERO_WEBHOOK, create_token, run_cli, start_listener
 from tests.vero_events import make_event
 
@@ -100,6 +103,62 @@ def test_each_request_logs_one_key_value_line_with_its_fields_and_never_the_toke
     log = listener.log()
     assert listener.tokens[0] not in log
     assert stranger not in log
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_access_lines_are_written_later_in_order_with_the_time_of_their_request():
+    logger = logging.getLogger("tests.access_log")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    collect = Collect()
+    logger.addHandler(collect)
+    access = AccessLog(logger)
+    try:
+        noted_at = []
+        for number in range(5):
+            noted_at.append(time.time())
+            access.note("POST", "/hooks/<redacted>", 200, 10 + number, 1, None, "t1", None)
+            time.sleep(0.01)
+        assert wait_for(lambda: len(collect.records) == 5, timeout=5)
+        assert [record.bytes for record in collect.records] == [10, 11, 12, 13, 14]
+        for record, expected in zip(collect.records, noted_at, strict=True):
+            assert abs(record.created - expected) < 0.005
+            assert record.msecs == int((record.created % 1) * 1000)
+            assert record.getMessage() == "POST /hooks/<redacted>"
+
+        logger.setLevel(logging.WARNING)  # access lines are INFO: nothing is even noted
+        access.note("POST", "/hooks/<redacted>", 200, 99, 1, None, "t1", None)
+        logger.setLevel(logging.INFO)
+        access.note("GET", "/healthz", 200, 0, 0, None, None, None)
+    finally:
+        access.close()  # writes out what is still pending
+        logger.removeHandler(collect)
+    assert [record.bytes for record in collect.records] == [10, 11, 12, 13, 14, 0]
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("POST /hooks/<redacted>", "POST /hooks/<redacted>"),
+        ("POST /hooks/<redacted>?x=1", "POST /hooks/<redacted>?x=1"),
+        ("POST /hooks/s3cret", "POST /hooks/<redacted>"),
+        ("POST /hooks/<redacted>s3cret", "POST /hooks/<redacted>"),
+        ("POST /hooks/<redacted>/s3cret", "POST /hooks/<redacted>"),
+        ("pasted " + "A" * 43 + " here", "pasted <redacted> here"),
+    ],
+)
+def test_the_log_filter_redacts_any_token_left_in_a_line(message, shown):
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "%s", (message,), None)
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == shown
 
 
 def test_json_log_format_has_the_same_fields(data_dir):
