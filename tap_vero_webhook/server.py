@@ -114,16 +114,6 @@ class KeyValueFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-        self._second: tuple[int, str] = (-1, "")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """logging's default time format, with the text up to the second made once a second."""
-        whole = int(record.created)
-        cached_whole, prefix = self._second
-        if whole != cached_whole:
-            prefix = time.strftime(self.default_time_format, self.converter(whole))
-            self._second = (whole, prefix)
-        return self.default_msec_format % (prefix, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
