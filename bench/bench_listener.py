@@ -70,11 +70,11 @@ def realistic_body() -> bytes:
 
 def serve_noop(port: int, threads: int, max_body_bytes: int) -> None:
     """A Flask app that only parses the JSON and answers 200, on the listener's waitress
-    settings (those `tap_vero_webhook.server.build_server` passes, at the CLI defaults)."""
+    settings (those `tap_vero_webhook.listener.server.build_server` passes, at the CLI defaults)."""
     from flask import Flask, jsonify, request
     from waitress.server import create_server
 
-    from tap_vero_webhook.server import JSONErrorChannel
+    from tap_vero_webhook.listener.server import JSONErrorChannel
 
     app = Flask("noop")
 

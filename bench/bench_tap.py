@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tap_vero_webhook.payloads import encode_event  # noqa: E402
+from tap_vero_webhook.listener.payloads import encode_event  # noqa: E402
 from tap_vero_webhook.spool import SpoolWriter  # noqa: E402
 from tests.vero_events import event_stream  # noqa: E402
 

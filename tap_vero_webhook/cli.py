@@ -11,14 +11,14 @@ from pathlib import Path
 
 import click
 
-from tap_vero_webhook.payloads import DEFAULT_MAX_BODY_BYTES
-from tap_vero_webhook.rejects import (
+from tap_vero_webhook.listener.payloads import DEFAULT_MAX_BODY_BYTES
+from tap_vero_webhook.listener.rejects import (
     DEFAULT_BODY_CAP,
     DEFAULT_MAX_BYTES_PER_DAY,
     DEFAULT_RETENTION_DAYS,
 )
+from tap_vero_webhook.listener.tokens import TokenError, TokenStore
 from tap_vero_webhook.spool import DEFAULT_SEGMENT_MAX_BYTES, SpoolError
-from tap_vero_webhook.tokens import TokenError, TokenStore
 
 ENV = "VERO_WEBHOOK_"
 
@@ -174,11 +174,11 @@ def serve(
     metrics: bool,
 ) -> None:
     """Run the webhook listener (waitress) until SIGTERM or Ctrl-C."""
-    from tap_vero_webhook.server import configure_logging
-    from tap_vero_webhook.server import serve as run_server
+    from tap_vero_webhook.listener.server import configure_logging
+    from tap_vero_webhook.listener.server import serve as run_server
 
     configure_logging(log_format, log_level)
-    from tap_vero_webhook.listener import ListenerSettings  # Flask: only `serve` needs it
+    from tap_vero_webhook.listener.app import ListenerSettings  # Flask: only `serve` needs it
 
     settings = ListenerSettings(
         data_dir,

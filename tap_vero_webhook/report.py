@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from tap_vero_webhook.rejects import REJECTS_SUBDIR, read_rejects
+from tap_vero_webhook.listener.rejects import REJECTS_SUBDIR, read_rejects
 from tap_vero_webhook.spool import SpoolReader
 
 SEQUENCE = "_sdc_webhook_sequence"

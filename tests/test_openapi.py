@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import create_token, start_listener
 from tests.test_hostile_input import spool_state
 
-OPENAPI = files("tap_vero_webhook") / "openapi.yaml"
+OPENAPI = files("tap_vero_webhook.listener") / "openapi.yaml"
 CHECKS = [
     schemathesis.checks.not_a_server_error,
     status_code_conformance,

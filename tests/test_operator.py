@@ -19,8 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tap_vero_webhook.access_log import AccessLog
-from tap_vero_webhook.listener import RedactTokens
+from tap_vero_webhook.listener.access_log import AccessLog
+from tap_vero_webhook.listener.app import RedactTokens
 from tests.conftest import TAP, VERO_WEBHOOK, create_token, run_cli, start_listener
 from tests.vero_events import make_event
 
@@ -329,7 +329,7 @@ def test_metrics_can_be_turned_off(data_dir):
 
 
 def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
-    from tap_vero_webhook.listener import ListenerSettings, create_app
+    from tap_vero_webhook.listener.app import ListenerSettings, create_app
 
     first_dir, second_dir = tmp_path / "one", tmp_path / "two"
     first_token = create_token(first_dir)

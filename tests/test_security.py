@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tap_vero_webhook.tokens import TokenStore, TokenVerifier
+from tap_vero_webhook.listener.tokens import TokenStore, TokenVerifier
 from tests.conftest import run_cli, start_listener
 from tests.test_hostile_input import raw_http, spool_state, status_of
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from singer_sdk.testing import get_tap_test_class
 
-from tap_vero_webhook.payloads import encode_event
+from tap_vero_webhook.listener.payloads import encode_event
 from tap_vero_webhook.schema import EVENT_TYPES
 from tap_vero_webhook.spool import SpoolWriter, list_segments
 from tap_vero_webhook.tap import TapVeroWebhook

@@ -14,13 +14,13 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
-from tap_vero_webhook.listener import (
+from tap_vero_webhook.listener.app import (
     ListenerSettings,
     RedactTokens,
     create_app,
     redact,
 )
-from tap_vero_webhook.rejects import Rejection
+from tap_vero_webhook.listener.rejects import Rejection
 
 _LOG_FIELDS = ("status", "method", "path", "bytes", "events", "latency_ms", "token_id", "reason")
 

@@ -17,16 +17,16 @@ from pathlib import Path
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from tap_vero_webhook.access_log import AccessLog
 from tap_vero_webhook.files import ensure_private_dir
-from tap_vero_webhook.metrics import ListenerMetrics
-from tap_vero_webhook.payloads import (
+from tap_vero_webhook.listener.access_log import AccessLog
+from tap_vero_webhook.listener.metrics import ListenerMetrics
+from tap_vero_webhook.listener.payloads import (
     DEFAULT_MAX_BODY_BYTES,
     PayloadError,
     encode_event,
     parse_events,
 )
-from tap_vero_webhook.rejects import (
+from tap_vero_webhook.listener.rejects import (
     DEFAULT_BODY_CAP,
     DEFAULT_MAX_BYTES_PER_DAY,
     DEFAULT_RETENTION_DAYS,
@@ -34,8 +34,8 @@ from tap_vero_webhook.rejects import (
     Rejection,
     RejectLog,
 )
+from tap_vero_webhook.listener.tokens import TokenVerifier
 from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter, Stamp
-from tap_vero_webhook.tokens import TokenVerifier
 
 SPOOL_SUBDIR = "spool"
 ACCEPTED_CONTENT_TYPES = ("application/json",)
