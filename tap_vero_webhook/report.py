@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import msgspec
 
 from tap_vero_webhook.listener.rejects import REJECTS_SUBDIR, read_rejects
 from tap_vero_webhook.spool import SpoolReader
+from tap_vero_webhook.timestamps import parse_utc_timestamp, utc_timestamp
 
 SEQUENCE = "_sdc_webhook_sequence"
 STREAM = "data"
@@ -144,14 +144,6 @@ def meltano_state(project_dir: Path, state_id: str | None = None) -> tuple[str |
 # --- the report ---------------------------------------------------------------------
 
 
-def _parse_time(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def _iso(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def build_report(
     data_dir: Path,
     loaded_through_seq: int | None,
@@ -198,7 +190,7 @@ def build_report(
 
     return {
         "data_dir": str(data_dir),
-        "generated_at": _iso(now),
+        "generated_at": utc_timestamp(now),
         "spool": {
             "segments": len(segments),
             "bytes": sum(segment.size for segment in segments),
@@ -227,7 +219,9 @@ def build_report(
             "bytes": waiting_bytes,
             "oldest_received_at": oldest_waiting,
             "oldest_age_seconds": (
-                round(now - _parse_time(oldest_waiting), 3) if oldest_waiting else None
+                round(now - parse_utc_timestamp(oldest_waiting).timestamp(), 3)
+                if oldest_waiting
+                else None
             ),
         },
     }

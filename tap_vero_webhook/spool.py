@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import itertools
 import logging
-import math
 import os
 import re
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 import msgspec
 
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
+from tap_vero_webhook.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
 _decode_json = msgspec.json.Decoder().decode
@@ -105,27 +105,6 @@ def line_seq(line: bytes) -> int:
         raise ValueError("line does not start with an envelope's seq")
     end = line.index(b",", len(_SEQ_PREFIX))
     return int(line[len(_SEQ_PREFIX) : end])
-
-
-_second_prefix: tuple[int, str] = (-1, "")
-
-
-def utc_timestamp(epoch_seconds: float) -> str:
-    """RFC 3339 UTC time with microseconds, as stamped on envelopes.
-
-    The text up to the second is made once per second: strftime on every request
-    costs more than the rest of the stamping.
-    """
-    global _second_prefix
-    whole = math.floor(epoch_seconds)
-    micro = round((epoch_seconds - whole) * 1_000_000)
-    if micro == 1_000_000:
-        whole, micro = whole + 1, 0
-    cached_whole, prefix = _second_prefix
-    if whole != cached_whole:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second_prefix = (whole, prefix)
-    return f"{prefix}.{micro:06d}Z"
 
 
 class _CommitLock:
@@ -328,7 +307,7 @@ class SpoolWriter:
         truncated away again and `SpoolUnavailable` is raised.
         """
         with self._lock:
-            now = utc_timestamp(time.time())  # under the lock: received_at follows seq order
+            now = utc_now()  # under the lock: received_at follows seq order
             ids = self._new_ids(len(encoded_events))
             batch = self._open_batch
             seq = self._next_seq

@@ -6,7 +6,6 @@ import fcntl
 import os
 import time
 import typing as t
-from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -23,6 +22,7 @@ from tap_vero_webhook.schema import (
     SEQUENCE,
 )
 from tap_vero_webhook.spool import SpoolReader, remove_loaded_segments
+from tap_vero_webhook.timestamps import parse_utc_timestamp
 
 SPOOL_SUBDIR = "spool"
 TAP_LOCK = "tap.lock"
@@ -153,7 +153,7 @@ class DataStream(Stream):
     def _generate_record_messages(self, record: dict) -> t.Iterator[RecordMessage]:
         """Records are built typed, so the SDK's generic conformance pass is skipped;
         `time_extracted` is the arrival time, not the time of this run."""
-        time_extracted = datetime.fromisoformat(record[RECEIVED_AT])
+        time_extracted = parse_utc_timestamp(record[RECEIVED_AT])
         if self._has_deselected_properties:
             pop_deselected_record_properties(record, self.schema, self.mask)
         for stream_map in self.stream_maps:

@@ -38,10 +38,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir
+from tap_vero_webhook.timestamps import utc_day, utc_timestamp
 
 REJECTS_SUBDIR = "rejects"
 DEFAULT_RETENTION_DAYS = 30
@@ -96,10 +96,6 @@ def decode_body(record: dict) -> bytes | None:
     return body.encode("utf-8")
 
 
-def utc_day(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%d")
-
-
 class RejectLog:
     """Appends refusals to today's file in `rejects_dir`; safe to call from many threads."""
 
@@ -141,9 +137,8 @@ class RejectLog:
 
     def _line(self, rejection: Rejection, now: float) -> bytes:
         body, encoding, truncated = encode_body(rejection.body, self.body_cap)
-        moment = datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         record = {
-            "time": moment,
+            "time": utc_timestamp(now),
             "reason": rejection.reason,
             "status": rejection.status,
             "message": rejection.message,
@@ -200,7 +195,7 @@ class RejectLog:
 
     def prune(self, now: float) -> list[Path]:
         """Delete day files older than the retention (today is always kept)."""
-        oldest_kept = utc_day(now - timedelta(days=self.retention_days).total_seconds())
+        oldest_kept = utc_day(now - self.retention_days * 86400)
         removed = []
         for entry in os.scandir(self.rejects_dir):
             match = _DAY_FILE.match(entry.name)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, read_json, write_private_json
-from tap_vero_webhook.spool import utc_timestamp
+from tap_vero_webhook.timestamps import utc_now
 
 TOKENS_FILE = "tokens.json"
 LAST_USED_FILE = "tokens-last-used.json"
@@ -97,9 +97,7 @@ class TokenStore:
             token_id = secrets.token_hex(4)
             while token_id in taken:
                 token_id = secrets.token_hex(4)
-            record = TokenRecord(
-                id=token_id, sha256=token_digest(secret), created_at=utc_timestamp(time.time())
-            )
+            record = TokenRecord(id=token_id, sha256=token_digest(secret), created_at=utc_now())
             self._save([*records, record])
             return record, secret
 
@@ -108,9 +106,7 @@ class TokenStore:
             records = read_token_records(self.data_dir)
             for index, record in enumerate(records):
                 if record.id == token_id and record.active:
-                    revoked = TokenRecord(
-                        record.id, record.sha256, record.created_at, utc_timestamp(time.time())
-                    )
+                    revoked = TokenRecord(record.id, record.sha256, record.created_at, utc_now())
                     records[index] = revoked
                     self._save(records)
                     return revoked
@@ -180,7 +176,7 @@ class TokenVerifier:
 
     def _note_use(self, token_id: str) -> None:
         with self._lock:
-            self._last_used[token_id] = utc_timestamp(time.time())
+            self._last_used[token_id] = utc_now()
             self._dirty = True
             due = time.monotonic() - self._last_flush >= LAST_USED_FLUSH_SECONDS
         if due:
