@@ -23,7 +23,6 @@ truncates.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 import msgspec
 
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
+from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.timestamps import utc_now
 
 logger = logging.getLogger(__name__)
@@ -107,36 +107,10 @@ def line_seq(line: bytes) -> int:
     return int(line[len(_SEQ_PREFIX) : end])
 
 
-class _CommitLock:
-    """`flock` on spool/commit.lock: exclusive for the writer, shared for readers."""
-
-    def __init__(self, spool_dir: Path) -> None:
-        path = spool_dir / COMMIT_LOCK
-        try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        except PermissionError:
-            self._fd = os.open(path, os.O_RDONLY)
-
-    def exclusive(self) -> _Held:
-        return _Held(self._fd, fcntl.LOCK_EX)
-
-    def shared(self) -> _Held:
-        return _Held(self._fd, fcntl.LOCK_SH)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-class _Held:
-    def __init__(self, fd: int, mode: int) -> None:
-        self._fd = fd
-        self._mode = mode
-
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, self._mode)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+def _commit_lock(spool_dir: Path) -> LockFile:
+    """spool/commit.lock: exclusive while the writer commits a batch, shared while a
+    reader takes a snapshot (a reader may lack write access to the folder)."""
+    return LockFile(spool_dir / COMMIT_LOCK, read_only_ok=True)
 
 
 def _create_segment(spool_dir: Path, first_seq: int) -> Path:
@@ -251,8 +225,8 @@ class SpoolWriter:
         self.spool_dir = ensure_private_dir(Path(spool_dir))
         self.segment_max_bytes = segment_max_bytes
         self._on_commit = on_commit
-        self._writer_lock_fd = _take_writer_lock(self.spool_dir)
-        self._commit_lock = _CommitLock(self.spool_dir)
+        self._writer_lock = _take_writer_lock(self.spool_dir)
+        self._commit_lock = _commit_lock(self.spool_dir)
         with self._commit_lock.exclusive():
             self._open_newest_segment()
         self._lock = threading.Lock()
@@ -406,24 +380,21 @@ class SpoolWriter:
         self._writer.join()
         os.close(self._fd)
         self._commit_lock.close()
-        os.close(self._writer_lock_fd)
+        self._writer_lock.close()
 
 
-def _take_writer_lock(spool_dir: Path) -> int:
+def _take_writer_lock(spool_dir: Path) -> LockFile:
     """Hold spool/writer.lock for the writer's lifetime; refuse if another process has it."""
-    fd = os.open(spool_dir / WRITER_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+    lock = LockFile(spool_dir / WRITER_LOCK)
+    if not lock.try_exclusive():
+        holder = lock.read_note() or "unknown"
+        lock.close()
         raise SpoolBusy(
             f"another listener (pid {holder}) is already writing to {spool_dir}; "
             "stop it first, or give this one its own --data-dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+        )
+    lock.write_note(str(os.getpid()))
+    return lock
 
 
 class SpoolReader:
@@ -438,12 +409,8 @@ class SpoolReader:
         """The segments and their committed sizes, as of now."""
         if not self.spool_dir.is_dir():
             return []
-        lock = _CommitLock(self.spool_dir)
-        try:
-            with lock.shared():
-                return list_segments(self.spool_dir)
-        finally:
-            lock.close()
+        with _commit_lock(self.spool_dir) as lock, lock.shared():
+            return list_segments(self.spool_dir)
 
     def lines_after(
         self, after_seq: int | None, segments: list[Segment] | None = None

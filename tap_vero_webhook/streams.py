@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 import typing as t
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -13,6 +13,7 @@ from singer_sdk import Stream
 from singer_sdk.helpers._catalog import pop_deselected_record_properties
 from singer_sdk.singerlib.encoding.simple import RecordMessage
 
+from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.schema import (
     COLUMN_ACCEPTS,
     DATA_SCHEMA,
@@ -123,8 +124,16 @@ class DataStream(Stream):
                 time.monotonic() - started,
             )
 
-    def _exclusive_run(self) -> _RunLock:
-        return _RunLock(self.data_dir / TAP_LOCK)
+    @contextmanager
+    def _exclusive_run(self) -> Iterator[None]:
+        """flock on DATA_DIR/tap.lock: overlapping runs (cron) fail fast instead of racing."""
+        with LockFile(self.data_dir / TAP_LOCK) as lock:
+            if not lock.try_exclusive():
+                raise TapAlreadyRunning(
+                    f"another tap-vero-webhook run holds {lock.path}; overlapping runs "
+                    "are refused, the next scheduled run picks up from here"
+                )
+            yield
 
     def _remove_loaded_segments(self, loaded_through: int) -> None:
         retention_seconds = float(self.config.get("retention_days", 7)) * 86400
@@ -175,24 +184,3 @@ class DataStream(Stream):
             )
             self.__dict__["_deselected_cache"] = cached
         return cached
-
-
-class _RunLock:
-    """flock on DATA_DIR/tap.lock: overlapping runs (cron) fail fast instead of racing."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise TapAlreadyRunning(
-                f"another tap-vero-webhook run holds {self.path}; "
-                "overlapping runs are refused, the next scheduled run picks up from here"
-            ) from None
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._fd)

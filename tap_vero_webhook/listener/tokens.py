@@ -14,18 +14,19 @@ revocation holds from the very next request.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, read_json, write_private_json
+from tap_vero_webhook.files import ensure_private_dir, read_json, write_private_json
+from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.timestamps import utc_now
 
 TOKENS_FILE = "tokens.json"
@@ -70,13 +71,9 @@ class TokenStore:
         self.data_dir = ensure_private_dir(Path(data_dir))
 
     @contextmanager
-    def _exclusive(self):
-        fd = os.open(self.data_dir / TOKENS_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    def _exclusive(self) -> Iterator[None]:
+        with LockFile(self.data_dir / TOKENS_LOCK) as lock, lock.exclusive():
             yield
-        finally:
-            os.close(fd)
 
     def _save(self, records: list[TokenRecord]) -> None:
         write_private_json(self.data_dir / TOKENS_FILE, [asdict(record) for record in records])
