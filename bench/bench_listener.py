@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tap_vero_webhook.data_dir import DataDir  # noqa: E402
 from tests.vero_events import make_event  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -328,7 +329,7 @@ def main() -> int:
             for server in servers.values():  # warm-up, not counted
                 load(f"{server.base}/hooks/{token}", body, args.connections, 1, workdir)
             fsync_before = fdatasync_latency_ms(workdir)
-            spooled_before = count_spooled(data_dir / "spool")
+            spooled_before = count_spooled(DataDir(data_dir).spool)
             for round_index in range(args.rounds):
                 order = ["noop", "listener"] if round_index % 2 == 0 else ["listener", "noop"]
                 for name in order:
@@ -349,7 +350,7 @@ def main() -> int:
                         f"  cpu {run['cpu_ms_per_request']:.2f} ms/req  failures {run['failures']}",
                         flush=True,
                     )
-            spooled = count_spooled(data_dir / "spool") - spooled_before
+            spooled = count_spooled(DataDir(data_dir).spool) - spooled_before
             fsync_after = fdatasync_latency_ms(workdir)
         finally:
             for server in servers.values():

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tap_vero_webhook.data_dir import DataDir  # noqa: E402
 from tap_vero_webhook.listener.payloads import encode_event  # noqa: E402
 from tap_vero_webhook.spool import SpoolWriter  # noqa: E402
 from tests.vero_events import event_stream  # noqa: E402
@@ -34,14 +35,14 @@ UNREALISTIC_ENV = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
 def build_spool(data_dir: Path, count: int) -> int:
     """Write `count` events with the real SpoolWriter, in batches; return spool bytes."""
     events = [encode_event(event) for event in event_stream(min(count, 50_000))]
-    writer = SpoolWriter(data_dir / "spool")
+    writer = SpoolWriter(DataDir(data_dir).spool)
     written = 0
     while written < count:
         batch = events[: min(1000, count - written)]
         writer.append(batch)
         written += len(batch)
     writer.close()
-    return sum(path.stat().st_size for path in (data_dir / "spool").glob("*.jsonl"))
+    return sum(path.stat().st_size for path in DataDir(data_dir).spool.glob("*.jsonl"))
 
 
 def timed_run(argv: list[str]) -> tuple[float, int]:
@@ -73,7 +74,7 @@ def main() -> None:
         baseline = [
             sys.executable,
             str(ROOT / "bench" / "baseline_singer_loop.py"),
-            str(data_dir / "spool"),
+            str(DataDir(data_dir).spool),
         ]
         tap_runs, baseline_runs, tap_rss = [], [], 0
         for _ in range(args.rounds):

@@ -25,7 +25,8 @@ from typing import Any
 
 import msgspec
 
-from tap_vero_webhook.listener.rejects import REJECTS_SUBDIR, read_rejects
+from tap_vero_webhook.data_dir import DataDir
+from tap_vero_webhook.listener.rejects import read_rejects
 from tap_vero_webhook.spool import SpoolReader
 from tap_vero_webhook.timestamps import parse_utc_timestamp, utc_timestamp
 
@@ -153,7 +154,7 @@ def build_report(
     """The report as plain data (what --json prints)."""
     now = time.time() if now is None else now
     data_dir = Path(data_dir)
-    reader = SpoolReader(data_dir / "spool")
+    reader = SpoolReader(DataDir(data_dir).spool)
     segments = reader.snapshot()
     decode = msgspec.json.Decoder(_Envelope).decode
 
@@ -179,7 +180,7 @@ def build_report(
 
     rejected: dict[tuple[str, int], dict] = {}
     rejected_total = 0
-    for record in read_rejects(data_dir / REJECTS_SUBDIR):
+    for record in read_rejects(DataDir(data_dir).rejects):
         key = (str(record.get("reason")), int(record.get("status") or 0))
         entry = rejected.setdefault(
             key, {"reason": key[0], "status": key[1], "requests": 0, "last_at": None}

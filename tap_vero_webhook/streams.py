@@ -6,13 +6,13 @@ import time
 import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import msgspec
 from singer_sdk import Stream
 from singer_sdk.helpers._catalog import pop_deselected_record_properties
 from singer_sdk.singerlib.encoding.simple import RecordMessage
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.schema import (
     COLUMN_ACCEPTS,
@@ -25,8 +25,6 @@ from tap_vero_webhook.schema import (
 from tap_vero_webhook.spool import SpoolReader, remove_loaded_segments
 from tap_vero_webhook.timestamps import parse_utc_timestamp
 
-SPOOL_SUBDIR = "spool"
-TAP_LOCK = "tap.lock"
 NUL_ESCAPE = b"\\u0000"
 NUL_REPLACEMENT = "\ufffd"
 
@@ -86,13 +84,13 @@ class DataStream(Stream):
     schema = DATA_SCHEMA
 
     @property
-    def data_dir(self) -> Path:
-        return Path(self.config["data_dir"])
+    def data_dir(self) -> DataDir:
+        return DataDir(self.config["data_dir"])
 
     def get_records(self, context: dict | None) -> t.Iterator[dict]:
         loaded_through = self.get_starting_replication_key_value(context)
         self.__dict__.pop("_bookmark", None)
-        spool_dir = self.data_dir / SPOOL_SUBDIR
+        spool_dir = self.data_dir.spool
         if not spool_dir.is_dir():
             raise SpoolNotFound(
                 f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
@@ -127,7 +125,7 @@ class DataStream(Stream):
     @contextmanager
     def _exclusive_run(self) -> Iterator[None]:
         """flock on DATA_DIR/tap.lock: overlapping runs (cron) fail fast instead of racing."""
-        with LockFile(self.data_dir / TAP_LOCK) as lock:
+        with LockFile(self.data_dir.tap_lock) as lock:
             if not lock.try_exclusive():
                 raise TapAlreadyRunning(
                     f"another tap-vero-webhook run holds {lock.path}; overlapping runs "
@@ -137,9 +135,7 @@ class DataStream(Stream):
 
     def _remove_loaded_segments(self, loaded_through: int) -> None:
         retention_seconds = float(self.config.get("retention_days", 7)) * 86400
-        removed = remove_loaded_segments(
-            self.data_dir / SPOOL_SUBDIR, loaded_through, retention_seconds
-        )
+        removed = remove_loaded_segments(self.data_dir.spool, loaded_through, retention_seconds)
         for path in removed:
             self.logger.info("retention: removed %s (loaded, older than retention)", path.name)
 

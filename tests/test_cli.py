@@ -11,6 +11,7 @@ import click
 import requests
 
 from tap_vero_webhook.cli import main
+from tap_vero_webhook.data_dir import DataDir
 from tests.conftest import VERO_WEBHOOK, run_cli, start_listener
 
 URL = re.compile(r"^https://hooks\.example\.com/hooks/([A-Za-z0-9_-]{43})$")
@@ -52,7 +53,7 @@ def test_token_list_shows_ids_and_times_never_a_secret_or_hash(data_dir):
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", token["created_at"])
         assert token["last_used_at"] is None
         assert "sha256" not in token and "secret" not in token
-    stored = json.loads((data_dir / "tokens.json").read_text())
+    stored = json.loads(DataDir(data_dir).tokens.read_text())
     digests = [record["sha256"] for record in stored]
     table = run_cli("token", "list", "--data-dir", str(data_dir)).stdout
     as_json = run_cli("token", "list", "--json", "--data-dir", str(data_dir)).stdout
@@ -155,7 +156,7 @@ def test_serve_reads_its_data_dir_and_threads_from_the_environment(data_dir):
         while "listening on" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "3 threads" in log.read_text()
-        assert (data_dir / "spool").is_dir()
+        assert DataDir(data_dir).spool.is_dir()
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolReader
 from tests.conftest import create_token, start_listener
 from tests.vero_events import event_stream
@@ -70,7 +71,7 @@ def test_every_acknowledged_event_survives_kill_9_under_load(tmp_path):
         assert not errors
         assert sent[0] > 0, f"cycle {cycle}: no request was answered before the kill"
 
-        lines = list(SpoolReader(data_dir / "spool").lines_after(None))  # raises if damaged
+        lines = list(SpoolReader(DataDir(data_dir).spool).lines_after(None))  # raises if damaged
         envelopes = [json.loads(line) for line in lines]
         ids = [envelope["id"] for envelope in envelopes]
         assert len(ids) == len(set(ids)), "an event is in the spool twice"
@@ -84,7 +85,9 @@ def test_every_acknowledged_event_survives_kill_9_under_load(tmp_path):
         assert response.status_code == 200
     finally:
         running.stop()
-    envelopes = [json.loads(line) for line in SpoolReader(data_dir / "spool").lines_after(None)]
+    envelopes = [
+        json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
+    ]
     assert envelopes[-1]["id"] == response.json()["ids"][0]
     assert envelopes[-1]["seq"] > envelopes[-2]["seq"]
     assert len(acknowledged) > CYCLES * CLIENTS

@@ -27,6 +27,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolReader, SpoolWriter
 from tests.conftest import IN_CI, TAP, create_token, start_listener
 from tests.test_end_to_end import TARGET_POSTGRES, ensure_plugins_installed
@@ -280,7 +281,9 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
     acked = set(load.acked)
     assert len(acked) == len(load.acked) > 200
 
-    spooled = {json.loads(line)["id"] for line in SpoolReader(data_dir / "spool").lines_after(None)}
+    spooled = {
+        json.loads(line)["id"] for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
+    }
     assert acked <= spooled
 
     pipeline = Pipeline(data_dir, tmp_path, warehouse_schema)
@@ -321,7 +324,8 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
         keys = assert_exactly_once(pg_dsn, warehouse_schema, acked)
         assert len(keys) == total
         assert state["bookmarks"]["data"]["replication_key_value"] == max(
-            json.loads(line)["seq"] for line in SpoolReader(data_dir / "spool").lines_after(None)
+            json.loads(line)["seq"]
+            for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
         )
         print(
             f"{'tap and target' if kill_target else 'tap'} killed with {half_way} of "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolReader
 from tests.conftest import TAP, create_token, mounted_tmpfs, start_listener
 
@@ -83,12 +84,14 @@ def test_a_full_disk_gets_503_and_no_partial_event_then_recovers(small_disk, tmp
         assert batch.status_code == 503
 
         # the spool holds exactly the acknowledged events, each whole, none torn
-        segments = sorted((data_dir / "spool").glob("*.jsonl"))
+        segments = sorted(DataDir(data_dir).spool.glob("*.jsonl"))
         raw = b"".join(segment.read_bytes() for segment in segments)
         assert raw.endswith(b"\n")
         envelopes = [json.loads(line) for line in raw.splitlines()]
         assert [envelope["id"] for envelope in envelopes] == acked
-        read_back = [json.loads(line) for line in SpoolReader(data_dir / "spool").lines_after(None)]
+        read_back = [
+            json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
+        ]
         assert [envelope["id"] for envelope in read_back] == acked
         assert [envelope["event"] for envelope in read_back] == [
             event(n) for n in range(len(acked))
@@ -103,7 +106,7 @@ def test_a_full_disk_gets_503_and_no_partial_event_then_recovers(small_disk, tmp
         after = listener.post(event(9999))
         assert after.status_code == 200, after.text
         assert requests.get(f"{listener.base_url}/healthz", timeout=5).status_code == 200
-        last = [json.loads(line) for line in SpoolReader(data_dir / "spool").lines_after(None)]
+        last = [json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)]
         assert [envelope["id"] for envelope in last] == [*acked, *after.json()["ids"]]
         seqs = [envelope["seq"] for envelope in last]
         assert seqs == sorted(set(seqs))
@@ -136,7 +139,9 @@ def test_concurrent_posts_filling_the_disk_leave_only_whole_acknowledged_events(
             answers = list(pool.map(send, range(400)))
         acked = {event_id for status, ids in answers if status == 200 for event_id in ids}
         assert sum(status == 503 for status, _ in answers) > 20
-        raw = b"".join(path.read_bytes() for path in sorted((data_dir / "spool").glob("*.jsonl")))
+        raw = b"".join(
+            path.read_bytes() for path in sorted(DataDir(data_dir).spool.glob("*.jsonl"))
+        )
         assert raw.endswith(b"\n")
         spooled = [json.loads(line) for line in raw.splitlines()]
         assert {envelope["id"] for envelope in spooled} == acked

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tap_vero_webhook.data_dir import DataDir
 from tests.conftest import create_token, start_listener
 
 CAP = 1_000_000  # a 1 MB body cap keeps the oversized cases quick; the default is 20 MB
@@ -22,7 +23,7 @@ CAP = 1_000_000  # a 1 MB body cap keeps the oversized cases quick; the default 
 
 def spool_state(data_dir: Path) -> dict[str, bytes]:
     """Every segment file of the spool and its bytes: a refused request must change none."""
-    spool = Path(data_dir) / "spool"
+    spool = DataDir(data_dir).spool
     return {path.name: path.read_bytes() for path in sorted(spool.glob("*.jsonl"))}
 
 

@@ -22,6 +22,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolReader
 from tests.conftest import create_token, mounted_tmpfs, run_cli, start_listener
 from tests.vero_events import event_stream, vero_examples
@@ -31,12 +32,14 @@ JSON = {"Content-Type": "application/json"}
 
 def spool_files(data_dir: Path) -> dict[str, bytes]:
     """Every segment of the spool, name -> bytes."""
-    return {path.name: path.read_bytes() for path in sorted((data_dir / "spool").glob("*.jsonl"))}
+    return {
+        path.name: path.read_bytes() for path in sorted(DataDir(data_dir).spool.glob("*.jsonl"))
+    }
 
 
 def spooled(data_dir: Path) -> list[dict]:
     """The envelopes a reader (the tap) would see, in order."""
-    return [json.loads(line) for line in SpoolReader(data_dir / "spool").lines_after(None)]
+    return [json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)]
 
 
 def post_raw(listener, body: bytes, headers: dict | None = None, token: str | None = None):
@@ -127,7 +130,7 @@ def test_big_integers_stay_exact_in_the_spool(shared):
     body = b'{"type":"sent","user":{"id":%d},"n":-%d}' % (big, big)
     response = post_raw(shared, body)
     assert response.status_code == 200
-    segment = sorted((shared.data_dir / "spool").glob("*.jsonl"))[-1]
+    segment = sorted(DataDir(shared.data_dir).spool.glob("*.jsonl"))[-1]
     last_line = segment.read_bytes().splitlines()[-1]
     assert b'"id":%d' % big in last_line
     assert b'"n":-%d' % big in last_line

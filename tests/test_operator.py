@@ -19,8 +19,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.access_log import AccessLog
 from tap_vero_webhook.listener.app import RedactTokens
+from tap_vero_webhook.spool import segment_name
 from tests.conftest import TAP, VERO_WEBHOOK, create_token, run_cli, start_listener
 from tests.vero_events import make_event
 
@@ -43,7 +45,7 @@ def key_values(line: str) -> dict[str, str]:
 
 
 def rejects_today(data_dir: Path) -> list[dict]:
-    path = data_dir / "rejects" / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    path = DataDir(data_dir).rejects / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -232,16 +234,16 @@ def test_refused_requests_are_kept_with_reason_size_token_id_and_capped_body(dat
     assert big["token_id"] == token_id
     assert big["body"] is None
 
-    text = (data_dir / "rejects").joinpath(f"{datetime.now(UTC):%Y-%m-%d}.jsonl").read_text()
+    text = DataDir(data_dir).rejects.joinpath(f"{datetime.now(UTC):%Y-%m-%d}.jsonl").read_text()
     assert token not in text
     assert "/hooks/" not in text
-    assert stat.S_IMODE(os.stat(data_dir / "rejects").st_mode) == 0o700
-    for path in (data_dir / "rejects").iterdir():
+    assert stat.S_IMODE(os.stat(DataDir(data_dir).rejects).st_mode) == 0o700
+    for path in DataDir(data_dir).rejects.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_rejects_older_than_the_retention_are_removed_at_start(data_dir):
-    rejects = data_dir / "rejects"
+    rejects = DataDir(data_dir).rejects
     rejects.mkdir(parents=True)
     today = datetime.now(UTC).date()
     old = rejects / f"{today - timedelta(days=4):%Y-%m-%d}.jsonl"
@@ -276,7 +278,7 @@ def test_a_full_rejects_day_only_counts_and_an_unwritable_folder_never_turns_4xx
 
     broken = tmp_path / "broken"
     token = create_token(broken)
-    (broken / "rejects").write_text("a file where the folder should be")
+    DataDir(broken).rejects.write_text("a file where the folder should be")
     running = start_listener(broken)
     running.tokens.append(token)
     try:
@@ -314,7 +316,7 @@ def test_metrics_count_accepted_events_rejects_commits_and_spool_size(listener):
     assert after["vero_webhook_spool_commit_seconds_count"] == 2
     assert 0 < after["vero_webhook_spool_commit_seconds_sum"] < 30
     assert after["vero_webhook_spool_commit_events_bucket{le=+Inf}"] == 2
-    spool_bytes = sum(p.stat().st_size for p in (listener.data_dir / "spool").glob("*.jsonl"))
+    spool_bytes = sum(p.stat().st_size for p in DataDir(listener.data_dir).spool.glob("*.jsonl"))
     assert after["vero_webhook_spool_bytes"] == spool_bytes > 0
     assert after["vero_webhook_spool_segments"] == 1
     assert listener.tokens[0] not in requests.get(f"{listener.base_url}/metrics", timeout=5).text
@@ -352,7 +354,7 @@ def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
 
 def spool_lines(data_dir: Path) -> list[bytes]:
     lines = []
-    for path in sorted((data_dir / "spool").glob("*.jsonl")):
+    for path in sorted(DataDir(data_dir).spool.glob("*.jsonl")):
         lines += path.read_bytes().splitlines(keepends=True)
     return lines
 
@@ -414,14 +416,14 @@ def test_report_counts_what_was_posted_refused_and_loaded(listener, tmp_path):
 def test_report_splits_days_and_takes_the_last_state_of_target_output(tmp_path):
     """A spool written by hand over two days; the state as a target prints it, one per line."""
     data_dir = tmp_path / "data"
-    (data_dir / "spool").mkdir(parents=True)
+    DataDir(data_dir).spool.mkdir(parents=True)
     envelopes = [
         (1, "2026-11-28T23:59:59.000000Z", {"type": "sent"}),
         (2, "2026-11-29T00:00:00.000000Z", {"type": "sent"}),
         (3, "2026-11-29T10:00:00.000000Z", {"type": "bounced"}),
         (4, "2026-11-29T11:00:00.000000Z", {"no_type": True}),
     ]
-    (data_dir / "spool" / "00000000000000000001.jsonl").write_text(
+    (DataDir(data_dir).spool / segment_name(1)).write_text(
         "".join(
             json.dumps({"seq": s, "received_at": t, "id": f"id-{s}", "event": e}).replace(" ", "")
             + "\n"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.tokens import TokenStore, TokenVerifier
 from tests.conftest import run_cli, start_listener
 from tests.test_hostile_input import raw_http, spool_state, status_of
@@ -40,7 +41,7 @@ def cli_token(data_dir: Path) -> tuple[str, str]:
 
 def token_id_of(data_dir: Path, secret: str) -> str:
     digest = hashlib.sha256(secret.encode()).hexdigest()
-    stored = json.loads((Path(data_dir) / "tokens.json").read_text())
+    stored = json.loads(DataDir(data_dir).tokens.read_text())
     return next(item["id"] for item in stored if item["sha256"] == digest)
 
 

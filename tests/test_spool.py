@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolCorrupt, SpoolReader, SpoolWriter, segment_name
 
 
@@ -23,7 +24,7 @@ def read_all(spool_dir: Path) -> list[dict]:
 
 
 def test_concurrent_appends_share_fsyncs_and_lose_or_repeat_nothing(tmp_path):
-    writer = SpoolWriter(tmp_path / "spool")
+    writer = SpoolWriter(DataDir(tmp_path).spool)
     threads, calls_per_thread = 32, 40
     stamps: dict[int, list] = {}
     start = threading.Barrier(threads)
@@ -56,7 +57,7 @@ def test_concurrent_appends_share_fsyncs_and_lose_or_repeat_nothing(tmp_path):
             previous = seqs[-1]
             for encoded, stamp in zip(events, call_stamps, strict=True):
                 by_id[stamp.id] = (stamp.seq, json.loads(encoded))
-    envelopes = read_all(tmp_path / "spool")
+    envelopes = read_all(DataDir(tmp_path).spool)
     assert len(envelopes) == len(by_id) == writer.lines_written
     seqs = [envelope["seq"] for envelope in envelopes]
     assert seqs == sorted(set(seqs))  # strictly increasing, no duplicate
@@ -66,7 +67,7 @@ def test_concurrent_appends_share_fsyncs_and_lose_or_repeat_nothing(tmp_path):
 
 
 def test_segments_rotate_at_the_size_limit_and_read_back_in_order(tmp_path):
-    spool_dir = tmp_path / "spool"
+    spool_dir = DataDir(tmp_path).spool
     writer = SpoolWriter(spool_dir, segment_max_bytes=1000)
     for n in range(40):
         writer.append([event(n)])
@@ -91,7 +92,7 @@ def test_segments_rotate_at_the_size_limit_and_read_back_in_order(tmp_path):
 
 
 def test_a_torn_tail_is_skipped_by_readers_and_cut_off_by_the_next_writer(tmp_path):
-    spool_dir = tmp_path / "spool"
+    spool_dir = DataDir(tmp_path).spool
     writer = SpoolWriter(spool_dir)
     writer.append([event(1), event(2)])
     segment = writer.segment_path
@@ -110,7 +111,7 @@ def test_a_torn_tail_is_skipped_by_readers_and_cut_off_by_the_next_writer(tmp_pa
 
 
 def test_a_complete_garbage_line_raises_spool_corrupt(tmp_path):
-    spool_dir = tmp_path / "spool"
+    spool_dir = DataDir(tmp_path).spool
     writer = SpoolWriter(spool_dir)
     writer.append([event(1)])
     segment = writer.segment_path
@@ -133,7 +134,7 @@ def test_a_complete_garbage_line_raises_spool_corrupt(tmp_path):
 
 def test_a_reader_sees_only_what_was_committed(tmp_path):
     """Bytes written but not yet committed (a batch in flight) are not read."""
-    spool_dir = tmp_path / "spool"
+    spool_dir = DataDir(tmp_path).spool
     writer = SpoolWriter(spool_dir)
     writer.append([event(1)])
     snapshot = SpoolReader(spool_dir).snapshot()
@@ -171,7 +172,7 @@ def read_until_damage(spool_dir: Path) -> tuple[list[bytes], bool]:
 @given(count=st.integers(1, 8), data=st.data())
 def test_a_torn_prefix_of_a_line_is_never_read_and_is_repaired(count, data):
     with tempfile.TemporaryDirectory() as tmp:
-        spool_dir = Path(tmp) / "spool"
+        spool_dir = DataDir(Path(tmp)).spool
         segment, lines = valid_spool(spool_dir, count)
         next_line = (
             b'{"seq":%d,"received_at":"2026-11-30T00:00:00.000000Z","id":"i","event":{}}\n'
@@ -200,7 +201,7 @@ def test_random_tail_bytes_never_reach_a_reader(count, tail):
     restarted writer keeps exactly them and appends after them."""
     assume(b'{"seq":' not in tail)  # a forged envelope is not damage
     with tempfile.TemporaryDirectory() as tmp:
-        spool_dir = Path(tmp) / "spool"
+        spool_dir = DataDir(Path(tmp)).spool
         segment, lines = valid_spool(spool_dir, count)
         with open(segment, "ab") as handle:
             handle.write(tail)

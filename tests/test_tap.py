@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from singer_sdk.testing import get_tap_test_class
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.payloads import encode_event
 from tap_vero_webhook.schema import EVENT_TYPES
-from tap_vero_webhook.spool import SpoolWriter, list_segments
+from tap_vero_webhook.spool import SpoolWriter, list_segments, segment_name
 from tap_vero_webhook.tap import TapVeroWebhook
 from tests.conftest import TAP, create_token, start_listener
 from tests.vero_events import event_stream, make_event, vero_examples
@@ -26,7 +27,7 @@ from tests.vero_events import event_stream, make_event, vero_examples
 def _standard_test_spool() -> str:
     """A spool for the SDK's standard tests, written by the listener's own SpoolWriter."""
     data_dir = Path(tempfile.mkdtemp(prefix="tap-standard-tests-"))
-    writer = SpoolWriter(data_dir / "spool")
+    writer = SpoolWriter(DataDir(data_dir).spool)
     writer.append([encode_event(event) for event in event_stream(60)])
     writer.close()
     return str(data_dir)
@@ -185,7 +186,7 @@ def test_nul_characters_are_replaced_in_records_but_kept_in_the_spool(listener, 
     assert record["message_id"] == "a\ufffdb"
     assert record["payload"]["user"] == {"id": 1, "na\ufffdme": "x\ufffd"}
     assert "\x00" not in json.dumps(record, ensure_ascii=False)
-    spooled = (listener.data_dir / "spool" / "00000000000000000001.jsonl").read_text()
+    spooled = (DataDir(listener.data_dir).spool / segment_name(1)).read_text()
     assert "a\\u0000b" in spooled
 
 
@@ -306,7 +307,7 @@ def test_a_run_killed_half_way_loses_nothing_when_rerun_from_its_last_state(list
 def test_a_torn_last_line_is_never_emitted(listener, tmp_path):
     ids = post_all(listener, event_stream(4))
     listener.kill()
-    segment = list_segments(listener.data_dir / "spool")[-1].path
+    segment = list_segments(DataDir(listener.data_dir).spool)[-1].path
     with open(segment, "ab") as handle:
         handle.write(b'{"seq":5,"received_at":"2026-01-01T00:00:00.000000Z","id":"torn","ev')
     run = run_tap(tmp_path, listener.data_dir)
@@ -315,7 +316,7 @@ def test_a_torn_last_line_is_never_emitted(listener, tmp_path):
 
 def test_overlapping_runs_are_refused_with_a_clear_message(listener, tmp_path):
     post_all(listener, event_stream(3))
-    fd = os.open(listener.data_dir / "tap.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(DataDir(listener.data_dir).tap_lock, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         run = run_tap(tmp_path, listener.data_dir, check=False)
@@ -341,9 +342,9 @@ def segmented_spool(tmp_path: Path, count: int, days_old: float) -> tuple[Path, 
     finally:
         listener.stop()
     old = time.time() - days_old * 86400
-    for segment in list_segments(data_dir / "spool"):
+    for segment in list_segments(DataDir(data_dir).spool):
         os.utime(segment.path, (old, old))
-    return data_dir, ids, list_segments(data_dir / "spool")
+    return data_dir, ids, list_segments(DataDir(data_dir).spool)
 
 
 def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
@@ -352,10 +353,10 @@ def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
 
     bookmark = segments[3].first_seq  # segments 0..2 are wholly loaded, 3 only partly
     kept_back = run_tap(tmp_path, data_dir, state=state_at(bookmark), retention_days=30)
-    assert len(list_segments(data_dir / "spool")) == len(segments)
+    assert len(list_segments(DataDir(data_dir).spool)) == len(segments)
 
     run = run_tap(tmp_path, data_dir, state=state_at(bookmark), retention_days=7)
-    remaining = [segment.first_seq for segment in list_segments(data_dir / "spool")]
+    remaining = [segment.first_seq for segment in list_segments(DataDir(data_dir).spool)]
     assert remaining == [segment.first_seq for segment in segments[3:]]
     assert run.keys == kept_back.keys == ids[bookmark:]
 
@@ -364,7 +365,7 @@ def test_retention_removes_only_loaded_segments_older_than_the_window(tmp_path):
 
     everything = run_tap(tmp_path, data_dir, state=state_at(len(ids)), retention_days=0)
     assert everything.records == []
-    assert [s.first_seq for s in list_segments(data_dir / "spool")] == [segments[-1].first_seq]
+    assert [s.first_seq for s in list_segments(DataDir(data_dir).spool)] == [segments[-1].first_seq]
 
 
 def test_a_bookmark_past_the_spool_fails_loudly_and_removes_nothing(tmp_path):
@@ -375,7 +376,7 @@ def test_a_bookmark_past_the_spool_fails_loudly_and_removes_nothing(tmp_path):
     run = run_tap(tmp_path, data_dir, state=state_at(len(ids) + 500), check=False, retention_days=0)
     assert run.returncode != 0
     assert "was replaced or reset" in run.stderr
-    assert list_segments(data_dir / "spool") == segments  # a foreign state deletes nothing
+    assert list_segments(DataDir(data_dir).spool) == segments  # a foreign state deletes nothing
 
 
 def test_a_data_dir_without_a_spool_is_an_error(tmp_path):

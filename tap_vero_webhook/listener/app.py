@@ -17,6 +17,7 @@ from pathlib import Path
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.files import ensure_private_dir
 from tap_vero_webhook.listener.access_log import AccessLog
 from tap_vero_webhook.listener.metrics import ListenerMetrics
@@ -30,14 +31,12 @@ from tap_vero_webhook.listener.rejects import (
     DEFAULT_BODY_CAP,
     DEFAULT_MAX_BYTES_PER_DAY,
     DEFAULT_RETENTION_DAYS,
-    REJECTS_SUBDIR,
     Rejection,
     RejectLog,
 )
 from tap_vero_webhook.listener.tokens import TokenVerifier
 from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter, Stamp
 
-SPOOL_SUBDIR = "spool"
 ACCEPTED_CONTENT_TYPES = ("application/json",)
 
 _TOKEN_IN_PATH = re.compile(r"(/hooks/)[^\s\"'?#]*")
@@ -74,11 +73,11 @@ class ListenerSettings:
 
     @property
     def spool_dir(self) -> Path:
-        return Path(self.data_dir) / SPOOL_SUBDIR
+        return DataDir(self.data_dir).spool
 
     @property
     def rejects_dir(self) -> Path:
-        return Path(self.data_dir) / REJECTS_SUBDIR
+        return DataDir(self.data_dir).rejects
 
 
 class ListenerState:

@@ -43,7 +43,6 @@ from pathlib import Path
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir
 from tap_vero_webhook.timestamps import utc_day, utc_timestamp
 
-REJECTS_SUBDIR = "rejects"
 DEFAULT_RETENTION_DAYS = 30
 DEFAULT_BODY_CAP = 64 * 1024
 DEFAULT_MAX_BYTES_PER_DAY = 256 * 1024 * 1024

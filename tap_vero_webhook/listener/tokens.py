@@ -25,13 +25,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.files import ensure_private_dir, read_json, write_private_json
 from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.timestamps import utc_now
 
-TOKENS_FILE = "tokens.json"
-LAST_USED_FILE = "tokens-last-used.json"
-TOKENS_LOCK = "tokens.lock"
 MAX_ACTIVE_TOKENS = 2
 LAST_USED_FLUSH_SECONDS = 60.0
 
@@ -57,11 +55,11 @@ def token_digest(secret: str) -> str:
 
 
 def read_token_records(data_dir: Path) -> list[TokenRecord]:
-    return [TokenRecord(**item) for item in read_json(Path(data_dir) / TOKENS_FILE, [])]
+    return [TokenRecord(**item) for item in read_json(DataDir(data_dir).tokens, [])]
 
 
 def read_last_used(data_dir: Path) -> dict[str, str]:
-    return dict(read_json(Path(data_dir) / LAST_USED_FILE, {}))
+    return dict(read_json(DataDir(data_dir).tokens_last_used, {}))
 
 
 class TokenStore:
@@ -72,11 +70,11 @@ class TokenStore:
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        with LockFile(self.data_dir / TOKENS_LOCK) as lock, lock.exclusive():
+        with LockFile(DataDir(self.data_dir).tokens_lock) as lock, lock.exclusive():
             yield
 
     def _save(self, records: list[TokenRecord]) -> None:
-        write_private_json(self.data_dir / TOKENS_FILE, [asdict(record) for record in records])
+        write_private_json(DataDir(self.data_dir).tokens, [asdict(record) for record in records])
 
     def create(self) -> tuple[TokenRecord, str]:
         """Make a new token; return its record and the secret, which is never stored."""
@@ -129,7 +127,7 @@ class TokenVerifier:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
-        self._path = self.data_dir / TOKENS_FILE
+        self._path = DataDir(self.data_dir).tokens
         self._lock = threading.Lock()
         self._seen_version: tuple[int, int, int] | None = None
         self._active: list[tuple[str, bytes]] = []
@@ -187,7 +185,7 @@ class TokenVerifier:
             self._dirty = False
             self._last_flush = time.monotonic()
         try:
-            write_private_json(self.data_dir / LAST_USED_FILE, snapshot)
+            write_private_json(DataDir(self.data_dir).tokens_last_used, snapshot)
         except OSError:
             with self._lock:
                 self._dirty = True  # a full disk must not fail the request; try later
