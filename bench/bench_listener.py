@@ -69,13 +69,15 @@ def realistic_body() -> bytes:
 # --- the baseline -------------------------------------------------------------------
 
 
-def serve_noop(port: int, threads: int, max_body_bytes: int) -> None:
+def serve_noop(port: int, threads: int) -> None:
     """A Flask app that only parses the JSON and answers 200, on the listener's waitress
-    settings (those `tap_vero_webhook.listener.server.build_server` passes, at the CLI defaults)."""
+    options (`ServerSettings.waitress_options`, at the listener's defaults)."""
     from flask import Flask, jsonify, request
     from waitress.server import create_server
 
     from tap_vero_webhook.listener.server import JSONErrorChannel
+    from tap_vero_webhook.listener.settings import ListenerSettings, ServerSettings
+    from tap_vero_webhook.settings import default_of
 
     app = Flask("noop")
 
@@ -84,18 +86,9 @@ def serve_noop(port: int, threads: int, max_body_bytes: int) -> None:
         request.get_json()
         return jsonify(accepted=1)
 
-    server = create_server(
-        app,
-        host="127.0.0.1",
-        port=port,
-        threads=threads,
-        ident="vero-webhook",
-        max_request_body_size=max_body_bytes + 1,
-        cleanup_interval=15,
-        asyncore_use_poll=True,
-        connection_limit=500,
-        channel_timeout=60,
-    )
+    max_body_bytes = default_of(ListenerSettings, "max_body_bytes")
+    options = ServerSettings(port=port, threads=threads).waitress_options(max_body_bytes)
+    server = create_server(app, **options)
     server.channel_class = JSONErrorChannel
     print(f"listening on http://{server.effective_host}:{server.effective_port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -268,10 +261,9 @@ def main() -> int:
     )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--max-body-bytes", type=int, default=20_000_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop:
-        serve_noop(args.port, args.threads, args.max_body_bytes)
+        serve_noop(args.port, args.threads)
         return 0
 
     client = args.client

@@ -7,197 +7,80 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from tap_vero_webhook.listener.payloads import DEFAULT_MAX_BODY_BYTES
-from tap_vero_webhook.listener.rejects import (
-    DEFAULT_BODY_CAP,
-    DEFAULT_MAX_BYTES_PER_DAY,
-    DEFAULT_RETENTION_DAYS,
-)
+from tap_vero_webhook.listener.settings import ListenerSettings, LogSettings, ServerSettings
 from tap_vero_webhook.listener.tokens import TokenError, TokenStore
-from tap_vero_webhook.spool import DEFAULT_SEGMENT_MAX_BYTES, SpoolError
+from tap_vero_webhook.settings import Setting, build, settings_of
+from tap_vero_webhook.spool import SpoolError
 
-ENV = "VERO_WEBHOOK_"
+ENV_PREFIX = "VERO_WEBHOOK_"
 
 
-def data_dir_option(func):
+def _option_type(declared: Setting) -> click.ParamType:
+    if declared.choices:
+        return click.Choice(declared.choices)
+    if declared.type is int:
+        return click.IntRange(declared.minimum, declared.maximum)
+    if declared.type is Path:
+        return click.Path(file_okay=False, path_type=Path)
+    return click.STRING
+
+
+def setting_option(declared: Setting) -> Callable:
+    """The click option of one setting: `--its-name`, `VERO_WEBHOOK_ITS_NAME`, its default
+    and help, all from the settings class (the one place they are written)."""
+    flag = "--" + declared.name.replace("_", "-")
+    common = {"envvar": ENV_PREFIX + declared.name.upper(), "show_envvar": True}
+    common["help"] = declared.help
+    if declared.type is bool:
+        return click.option(
+            f"{flag}/--no-{flag[2:]}", default=declared.default, show_default=True, **common
+        )
+    if declared.required:
+        return click.option(flag, required=True, type=_option_type(declared), **common)
     return click.option(
-        "--data-dir",
-        envvar=f"{ENV}DATA_DIR",
-        show_envvar=True,
-        required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Directory holding the spool and the token store (created 0700 if missing).",
-    )(func)
+        flag, default=declared.default, show_default=True, type=_option_type(declared), **common
+    )
+
+
+def settings_options(*classes: type) -> Callable:
+    """One option per field of each settings class, in declaration order."""
+
+    def decorate(func: Callable) -> Callable:
+        for cls in reversed(classes):
+            for declared in reversed(settings_of(cls)):
+                func = setting_option(declared)(func)
+        return func
+
+    return decorate
+
+
+data_dir_option = setting_option(
+    next(declared for declared in settings_of(ListenerSettings) if declared.name == "data_dir")
+)
+"""The --data-dir of every command: the one `serve` takes."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="tap-vero-webhook", message="%(prog)s %(version)s")
 def main() -> None:
     """Receive Vero webhooks durably; tap-vero-webhook loads them into your warehouse."""
 
 
 @main.command()
-@data_dir_option
-@click.option(
-    "--host",
-    envvar=f"{ENV}HOST",
-    show_envvar=True,
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to bind. Keep 127.0.0.1 behind a TLS proxy; 0.0.0.0 exposes it.",
-)
-@click.option(
-    "--port",
-    envvar=f"{ENV}PORT",
-    show_envvar=True,
-    default=8080,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="TCP port to listen on (0 picks a free one).",
-)
-@click.option(
-    "--threads",
-    envvar=f"{ENV}THREADS",
-    show_envvar=True,
-    default=16,
-    show_default=True,
-    type=click.IntRange(1, 1024),
-    help="Worker threads; concurrent requests share one fsync (group commit).",
-)
-@click.option(
-    "--max-body-bytes",
-    envvar=f"{ENV}MAX_BODY_BYTES",
-    show_envvar=True,
-    default=DEFAULT_MAX_BODY_BYTES,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Largest request body accepted; bigger ones get 413 unread.",
-)
-@click.option(
-    "--segment-max-bytes",
-    envvar=f"{ENV}SEGMENT_MAX_BYTES",
-    show_envvar=True,
-    default=DEFAULT_SEGMENT_MAX_BYTES,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Start a new spool segment once the current one is this large.",
-)
-@click.option(
-    "--connection-limit",
-    envvar=f"{ENV}CONNECTION_LIMIT",
-    show_envvar=True,
-    default=500,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Open connections at most; more wait in the listen backlog (keep it under the "
-    "process's open-file limit, `ulimit -n`).",
-)
-@click.option(
-    "--channel-timeout",
-    envvar=f"{ENV}CHANNEL_TIMEOUT",
-    show_envvar=True,
-    default=60,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Seconds an idle or trickling connection is kept before it is closed.",
-)
-@click.option(
-    "--log-format",
-    envvar=f"{ENV}LOG_FORMAT",
-    show_envvar=True,
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines as plain text or as JSON objects, one per line.",
-)
-@click.option(
-    "--log-level",
-    envvar=f"{ENV}LOG_LEVEL",
-    show_envvar=True,
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-    help="Least severe log level written.",
-)
-@click.option(
-    "--rejects-retention-days",
-    envvar=f"{ENV}REJECTS_RETENTION_DAYS",
-    show_envvar=True,
-    default=DEFAULT_RETENTION_DAYS,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Days refused requests are kept in DATA_DIR/rejects/ (one file per UTC day).",
-)
-@click.option(
-    "--rejects-body-cap",
-    envvar=f"{ENV}REJECTS_BODY_CAP",
-    show_envvar=True,
-    default=DEFAULT_BODY_CAP,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Bytes of each refused body kept in the rejects folder (0 keeps none).",
-)
-@click.option(
-    "--rejects-max-bytes-per-day",
-    envvar=f"{ENV}REJECTS_MAX_BYTES_PER_DAY",
-    show_envvar=True,
-    default=DEFAULT_MAX_BYTES_PER_DAY,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Past this size a day's rejects file stops growing; later refusals are only counted.",
-)
-@click.option(
-    "--metrics/--no-metrics",
-    envvar=f"{ENV}METRICS",
-    show_envvar=True,
-    default=True,
-    show_default=True,
-    help="Serve Prometheus metrics on GET /metrics (no token; same address as the hooks).",
-)
-def serve(
-    data_dir: Path,
-    host: str,
-    port: int,
-    threads: int,
-    max_body_bytes: int,
-    segment_max_bytes: int,
-    connection_limit: int,
-    channel_timeout: int,
-    log_format: str,
-    log_level: str,
-    rejects_retention_days: int,
-    rejects_body_cap: int,
-    rejects_max_bytes_per_day: int,
-    metrics: bool,
-) -> None:
+@settings_options(ListenerSettings, ServerSettings, LogSettings)
+def serve(**options: object) -> None:
     """Run the webhook listener (waitress) until SIGTERM or Ctrl-C."""
-    from tap_vero_webhook.listener.server import configure_logging
+    from tap_vero_webhook.listener.server import configure_logging  # Flask: only `serve`
     from tap_vero_webhook.listener.server import serve as run_server
 
-    configure_logging(log_format, log_level)
-    from tap_vero_webhook.listener.app import ListenerSettings  # Flask: only `serve` needs it
-
-    settings = ListenerSettings(
-        data_dir,
-        max_body_bytes,
-        segment_max_bytes,
-        rejects_retention_days=rejects_retention_days,
-        rejects_body_cap=rejects_body_cap,
-        rejects_max_bytes_per_day=rejects_max_bytes_per_day,
-        metrics=metrics,
-    )
+    configure_logging(build(LogSettings, options))
     try:
-        run_server(
-            settings,
-            host,
-            port,
-            threads,
-            connection_limit=connection_limit,
-            channel_timeout=channel_timeout,
-        )
+        run_server(build(ListenerSettings, options), build(ServerSettings, options))
     except SpoolError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -211,7 +94,7 @@ def token() -> None:
 @data_dir_option
 @click.option(
     "--base-url",
-    envvar=f"{ENV}BASE_URL",
+    envvar=f"{ENV_PREFIX}BASE_URL",
     show_envvar=True,
     required=True,
     help="Public address Vero posts to, e.g. https://hooks.example.com",
@@ -264,21 +147,21 @@ def token_revoke(token_id: str, data_dir: Path) -> None:
 @data_dir_option
 @click.option(
     "--state-file",
-    envvar=f"{ENV}STATE_FILE",
+    envvar=f"{ENV_PREFIX}STATE_FILE",
     show_envvar=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Singer state the loader confirmed (JSON; or target output, last line used).",
 )
 @click.option(
     "--meltano-project",
-    envvar=f"{ENV}MELTANO_PROJECT",
+    envvar=f"{ENV_PREFIX}MELTANO_PROJECT",
     show_envvar=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Meltano project whose saved state says what was loaded (runs `meltano state get`).",
 )
 @click.option(
     "--state-id",
-    envvar=f"{ENV}STATE_ID",
+    envvar=f"{ENV_PREFIX}STATE_ID",
     show_envvar=True,
     help="Meltano state id, e.g. prod:tap-vero-webhook-to-target-postgres "
     "(default: the only one naming tap-vero-webhook).",

@@ -23,6 +23,7 @@ from tap_vero_webhook.schema import (
     SEQUENCE,
 )
 from tap_vero_webhook.spool import SpoolReader, remove_loaded_segments
+from tap_vero_webhook.tap_settings import TapSettings
 from tap_vero_webhook.timestamps import parse_utc_timestamp
 
 NUL_ESCAPE = b"\\u0000"
@@ -84,8 +85,12 @@ class DataStream(Stream):
     schema = DATA_SCHEMA
 
     @property
+    def settings(self) -> TapSettings:
+        return TapSettings.from_tap_config(self.config)
+
+    @property
     def data_dir(self) -> DataDir:
-        return DataDir(self.config["data_dir"])
+        return DataDir(self.settings.data_dir)
 
     def get_records(self, context: dict | None) -> t.Iterator[dict]:
         loaded_through = self.get_starting_replication_key_value(context)
@@ -134,7 +139,7 @@ class DataStream(Stream):
             yield
 
     def _remove_loaded_segments(self, loaded_through: int) -> None:
-        retention_seconds = float(self.config.get("retention_days", 7)) * 86400
+        retention_seconds = self.settings.retention_seconds
         removed = remove_loaded_segments(self.data_dir.spool, loaded_through, retention_seconds)
         for path in removed:
             self.logger.info("retention: removed %s (loaded, older than retention)", path.name)

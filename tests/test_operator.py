@@ -331,7 +331,8 @@ def test_metrics_can_be_turned_off(data_dir):
 
 
 def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
-    from tap_vero_webhook.listener.app import ListenerSettings, create_app
+    from tap_vero_webhook.listener.app import create_app
+    from tap_vero_webhook.listener.settings import ListenerSettings
 
     first_dir, second_dir = tmp_path / "one", tmp_path / "two"
     first_token = create_token(first_dir)

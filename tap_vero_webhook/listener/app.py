@@ -11,8 +11,6 @@ import io
 import logging
 import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -21,19 +19,9 @@ from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.files import ensure_private_dir
 from tap_vero_webhook.listener.access_log import AccessLog
 from tap_vero_webhook.listener.metrics import ListenerMetrics
-from tap_vero_webhook.listener.payloads import (
-    DEFAULT_MAX_BODY_BYTES,
-    PayloadError,
-    encode_event,
-    parse_events,
-)
-from tap_vero_webhook.listener.rejects import (
-    DEFAULT_BODY_CAP,
-    DEFAULT_MAX_BYTES_PER_DAY,
-    DEFAULT_RETENTION_DAYS,
-    Rejection,
-    RejectLog,
-)
+from tap_vero_webhook.listener.payloads import PayloadError, encode_event, parse_events
+from tap_vero_webhook.listener.rejects import Rejection, RejectLog
+from tap_vero_webhook.listener.settings import ListenerSettings
 from tap_vero_webhook.listener.tokens import TokenVerifier
 from tap_vero_webhook.spool import SpoolUnavailable, SpoolWriter, Stamp
 
@@ -61,41 +49,22 @@ class RedactTokens(logging.Filter):
         return True
 
 
-@dataclass(frozen=True)
-class ListenerSettings:
-    data_dir: Path
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    segment_max_bytes: int = 64 * 1024 * 1024
-    rejects_retention_days: int = DEFAULT_RETENTION_DAYS
-    rejects_body_cap: int = DEFAULT_BODY_CAP
-    rejects_max_bytes_per_day: int = DEFAULT_MAX_BYTES_PER_DAY
-    metrics: bool = True
-
-    @property
-    def spool_dir(self) -> Path:
-        return DataDir(self.data_dir).spool
-
-    @property
-    def rejects_dir(self) -> Path:
-        return DataDir(self.data_dir).rejects
-
-
 class ListenerState:
     """What one app instance owns: its spool writer, its view of the token store, its
     rejects folder and its metrics."""
 
     def __init__(self, settings: ListenerSettings) -> None:
-        ensure_private_dir(Path(settings.data_dir))
+        layout = DataDir(ensure_private_dir(settings.data_dir))
         self.settings = settings
         self.rejects = RejectLog(
-            settings.rejects_dir,
+            layout.rejects,
             settings.rejects_retention_days,
             settings.rejects_body_cap,
             settings.rejects_max_bytes_per_day,
         )
-        self.metrics = ListenerMetrics(settings.spool_dir, self.rejects)
+        self.metrics = ListenerMetrics(layout.spool, self.rejects)
         self.spool = SpoolWriter(
-            settings.spool_dir, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
+            layout.spool, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
         )
         self.tokens = TokenVerifier(settings.data_dir)
         self.access = AccessLog()

@@ -14,13 +14,9 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
-from tap_vero_webhook.listener.app import (
-    ListenerSettings,
-    RedactTokens,
-    create_app,
-    redact,
-)
+from tap_vero_webhook.listener.app import RedactTokens, create_app, redact
 from tap_vero_webhook.listener.rejects import Rejection
+from tap_vero_webhook.listener.settings import ListenerSettings, LogSettings, ServerSettings
 
 _LOG_FIELDS = ("status", "method", "path", "bytes", "events", "latency_ms", "token_id", "reason")
 
@@ -179,17 +175,17 @@ class BufferedStderrHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
+def configure_logging(settings: LogSettings) -> None:
     """Log to stderr, one line per record, never with a token in it."""
     handler = BufferedStderrHandler()
     handler.addFilter(RedactTokens())
-    if log_format == "json":
+    if settings.log_format == "json":
         handler.setFormatter(JSONLineFormatter())
     else:
         handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(settings.log_level.upper())
     # no formatter here shows these; skipping them is the logging HOWTO's "Optimization"
     logging._srcfile = None  # the caller's file and line: a stack walk per record
     logging.logThreads = False
@@ -197,29 +193,17 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     logging.logMultiprocessing = False
 
 
-def build_server(settings: ListenerSettings, host: str, port: int, threads: int, **adjustments):
-    """The app on a waitress server bound to host:port (not yet running)."""
+def build_server(settings: ListenerSettings, server_settings: ServerSettings):
+    """The app on a waitress server bound as `server_settings` say (not yet running)."""
     app = create_app(settings)
-    server = create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        ident="vero-webhook",
-        # waitress refuses a Content-Length >= this before reading the body
-        max_request_body_size=settings.max_body_bytes + 1,
-        # check timeouts often enough that channel_timeout holds to within a few seconds
-        cleanup_interval=max(1, min(30, adjustments.get("channel_timeout", 120) // 4)),
-        asyncore_use_poll=True,  # select() fails past 1024 open connections
-        **adjustments,
-    )
+    server = create_server(app, **server_settings.waitress_options(settings.max_body_bytes))
     server.channel_class = JSONErrorChannel
     server.listener_state = app.extensions["vero_webhook"]  # for JSONErrorTask's rejects
     return app, server
 
 
-def serve(settings: ListenerSettings, host: str, port: int, threads: int, **adjustments) -> None:
-    app, server = build_server(settings, host, port, threads, **adjustments)
+def serve(settings: ListenerSettings, server_settings: ServerSettings) -> None:
+    app, server = build_server(settings, server_settings)
     log = logging.getLogger("tap_vero_webhook.server")
 
     def stop(signum: int, _frame: object) -> None:
@@ -231,7 +215,7 @@ def serve(settings: ListenerSettings, host: str, port: int, threads: int, **adju
         server.effective_host,
         server.effective_port,
         settings.data_dir,
-        threads,
+        server_settings.threads,
         settings.max_body_bytes,
     )
     try:

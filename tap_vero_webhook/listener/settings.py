@@ -1,0 +1,110 @@
+"""The listener's settings: what `vero-webhook serve` takes, each default written once.
+
+Three objects, one per concern: `ListenerSettings` (what the app does with a
+request), `ServerSettings` (how waitress serves it) and `LogSettings`. The CLI
+makes one option and one `VERO_WEBHOOK_*` environment variable per field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tap_vero_webhook.listener.payloads import DEFAULT_MAX_BODY_BYTES
+from tap_vero_webhook.listener.rejects import (
+    DEFAULT_BODY_CAP,
+    DEFAULT_MAX_BYTES_PER_DAY,
+    DEFAULT_RETENTION_DAYS,
+)
+from tap_vero_webhook.settings import setting
+from tap_vero_webhook.spool import DEFAULT_SEGMENT_MAX_BYTES
+
+SERVER_IDENT = "vero-webhook"
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    data_dir: Path = setting(
+        help="Directory holding the spool and the token store (created 0700 if missing)."
+    )
+    max_body_bytes: int = setting(
+        DEFAULT_MAX_BODY_BYTES,
+        "Largest request body accepted; bigger ones get 413 unread.",
+        minimum=1,
+    )
+    segment_max_bytes: int = setting(
+        DEFAULT_SEGMENT_MAX_BYTES,
+        "Start a new spool segment once the current one is this large.",
+        minimum=1,
+    )
+    rejects_retention_days: int = setting(
+        DEFAULT_RETENTION_DAYS,
+        "Days refused requests are kept in DATA_DIR/rejects/ (one file per UTC day).",
+        minimum=0,
+    )
+    rejects_body_cap: int = setting(
+        DEFAULT_BODY_CAP,
+        "Bytes of each refused body kept in the rejects folder (0 keeps none).",
+        minimum=0,
+    )
+    rejects_max_bytes_per_day: int = setting(
+        DEFAULT_MAX_BYTES_PER_DAY,
+        "Past this size a day's rejects file stops growing; later refusals are only counted.",
+        minimum=0,
+    )
+    metrics: bool = setting(
+        True, "Serve Prometheus metrics on GET /metrics (no token; same address as the hooks)."
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting(
+        "127.0.0.1", "Address to bind. Keep 127.0.0.1 behind a TLS proxy; 0.0.0.0 exposes it."
+    )
+    port: int = setting(
+        8080, "TCP port to listen on (0 picks a free one).", minimum=0, maximum=65535
+    )
+    threads: int = setting(
+        16,
+        "Worker threads; concurrent requests share one fsync (group commit).",
+        minimum=1,
+        maximum=1024,
+    )
+    connection_limit: int = setting(
+        500,
+        "Open connections at most; more wait in the listen backlog (keep it under the "
+        "process's open-file limit, `ulimit -n`).",
+        minimum=1,
+    )
+    channel_timeout: int = setting(
+        60, "Seconds an idle or trickling connection is kept before it is closed.", minimum=1
+    )
+
+    def waitress_options(self, max_body_bytes: int) -> dict:
+        """The options `waitress.create_server` gets, for a body cap of `max_body_bytes`."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "threads": self.threads,
+            "connection_limit": self.connection_limit,
+            "channel_timeout": self.channel_timeout,
+            # check timeouts often enough that channel_timeout holds to within a few seconds
+            "cleanup_interval": max(1, min(30, self.channel_timeout // 4)),
+            # waitress refuses a Content-Length >= this before reading the body
+            "max_request_body_size": max_body_bytes + 1,
+            "asyncore_use_poll": True,  # select() fails past 1024 open connections
+            "ident": SERVER_IDENT,
+        }
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    log_format: str = setting(
+        "text",
+        "Log lines as plain text or as JSON objects, one per line.",
+        choices=("text", "json"),
+    )
+    log_level: str = setting(
+        "INFO", "Least severe log level written.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
