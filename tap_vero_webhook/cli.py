@@ -75,7 +75,7 @@ def main() -> None:
 @settings_options(ListenerSettings, ServerSettings, LogSettings)
 def serve(**options: object) -> None:
     """Run the webhook listener (waitress) until SIGTERM or Ctrl-C."""
-    from tap_vero_webhook.listener.server import configure_logging  # Flask: only `serve`
+    from tap_vero_webhook.listener.logs import configure_logging  # Flask: only `serve`
     from tap_vero_webhook.listener.server import serve as run_server
 
     configure_logging(build(LogSettings, options))

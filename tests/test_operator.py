@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.access_log import AccessLog
-from tap_vero_webhook.listener.app import RedactTokens
+from tap_vero_webhook.listener.logs import RedactTokens
 from tap_vero_webhook.spool import segment_name
 from tests.conftest import TAP, VERO_WEBHOOK, create_token, run_cli, start_listener
 from tests.vero_events import make_event
@@ -344,8 +344,8 @@ def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
         first_metrics = first.test_client().get("/metrics").get_data(as_text=True)
         second_metrics = second.test_client().get("/metrics").get_data(as_text=True)
     finally:
-        first.extensions["vero_webhook"].close()
-        second.extensions["vero_webhook"].close()
+        first.state.close()
+        second.state.close()
     assert "vero_webhook_events_accepted_total 1.0" in first_metrics
     assert "vero_webhook_events_accepted_total 0.0" in second_metrics
 
