@@ -1,24 +1,41 @@
 """The spool: the listener's durable, append-only record of accepted events.
 
-A spool is a folder of segment files plus one lock file::
+This module is one concept, read top-down in this order:
+
+**Format.** A spool is a folder of segment files and two lock files::
 
     spool/
-      00000000000000000001.jsonl   named after the first sequence number it holds
+      00000000000000000001.jsonl   segments, named after the first sequence number they hold
       00000000000000052113.jsonl
       commit.lock                  writer: exclusive while a batch is in flight;
                                    readers: shared while they take a snapshot
+      writer.lock                  held by the one writer (its pid inside)
+      quarantine/                  damaged tails set aside by a restarted writer
 
-Each line of a segment is one envelope, written by `SpoolWriter` and read back by
-`SpoolReader`::
+Each line of a segment is one envelope (`ENVELOPE`)::
 
     {"seq":42,"received_at":"2026-11-30T02:14:26.123456Z","id":"<uuid4>","event":{...}}
 
 `seq` strictly increases in acceptance order across segments (gaps are possible:
 a batch that failed to write burns its numbers, they are never reused). `event` is
-the event exactly as posted. A reader only ever sees bytes the writer has fsynced,
-because it reads up to the sizes it saw while holding the commit lock shared; a
-crash can still leave a torn last line, which readers skip and the next writer
-truncates.
+the event exactly as posted.
+
+**Locks.** One writer per spool (`writer.lock`, refused to a second listener). A
+reader only ever sees bytes the writer has fsynced: it reads up to the sizes it
+saw while holding `commit.lock` shared, and the writer commits under it exclusively.
+
+**Recovery.** A crash can leave a torn last line, which readers skip and the next
+writer truncates; a power loss can leave a damaged tail, which the next writer
+moves to `quarantine/`.
+
+**Writer** (`SpoolWriter`): group commit, one fdatasync per group of concurrent
+appends. **Reader** (`SpoolReader`): committed lines after a sequence number, from
+a snapshot. **Retention** (`remove_loaded_segments`): whole segments loaded and old
+enough are deleted.
+
+Threads: a `SpoolWriter` is safe to share between threads (that is its purpose:
+every request thread appends to the one writer). A `SpoolReader` and its
+iterators belong to one thread. Segments and stamps are immutable values.
 """
 
 from __future__ import annotations
@@ -40,6 +57,23 @@ from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
 from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.timestamps import utc_now
 
+__all__ = [
+    "DEFAULT_SEGMENT_MAX_BYTES",
+    "QUARANTINE_SUBDIR",
+    "Segment",
+    "SpoolBusy",
+    "SpoolCorrupt",
+    "SpoolError",
+    "SpoolReader",
+    "SpoolUnavailable",
+    "SpoolWriter",
+    "Stamp",
+    "line_seq",
+    "list_segments",
+    "remove_loaded_segments",
+    "segment_name",
+]
+
 logger = logging.getLogger(__name__)
 _decode_json = msgspec.json.Decoder().decode
 
@@ -53,22 +87,11 @@ READ_CHUNK_BYTES = 1024 * 1024
 ID_POOL_BYTES = 16 * 4096
 
 _SEQ_PREFIX = b'{"seq":'
+ENVELOPE = b'{"seq":%d,"received_at":"%s","id":"%s","event":%s}\n'
+"""One spool line: seq, received_at, id (bytes), and the event's JSON text."""
 
 
-class SpoolError(Exception):
-    """Base class of the spool's errors."""
-
-
-class SpoolUnavailable(SpoolError):
-    """The spool cannot take a batch now (disk full, I/O error); the sender should retry."""
-
-
-class SpoolBusy(SpoolError):
-    """Another listener already writes to this spool."""
-
-
-class SpoolCorrupt(SpoolError):
-    """A complete line of a segment is not an envelope; nothing past it is read."""
+# --- the format ----------------------------------------------------------------------------
 
 
 def segment_name(first_seq: int) -> str:
@@ -107,18 +130,49 @@ def line_seq(line: bytes) -> int:
     return int(line[len(_SEQ_PREFIX) : end])
 
 
+# --- errors --------------------------------------------------------------------------------
+
+
+class SpoolError(Exception):
+    """Base class of the spool's errors."""
+
+
+class SpoolUnavailable(SpoolError):
+    """The spool cannot take a batch now (disk full, I/O error); the sender should retry."""
+
+
+class SpoolBusy(SpoolError):
+    """Another listener already writes to this spool."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A complete line of a segment is not an envelope; nothing past it is read."""
+
+
+# --- locks ---------------------------------------------------------------------------------
+
+
 def _commit_lock(spool_dir: Path) -> LockFile:
     """spool/commit.lock: exclusive while the writer commits a batch, shared while a
     reader takes a snapshot (a reader may lack write access to the folder)."""
     return LockFile(spool_dir / COMMIT_LOCK, read_only_ok=True)
 
 
-def _create_segment(spool_dir: Path, first_seq: int) -> Path:
-    path = spool_dir / segment_name(first_seq)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    os.close(fd)
-    fsync_dir(spool_dir)
-    return path
+def _take_writer_lock(spool_dir: Path) -> LockFile:
+    """Hold spool/writer.lock for the writer's lifetime; refuse if another process has it."""
+    lock = LockFile(spool_dir / WRITER_LOCK)
+    if not lock.try_exclusive():
+        holder = lock.read_note() or "unknown"
+        lock.close()
+        raise SpoolBusy(
+            f"another listener (pid {holder}) is already writing to {spool_dir}; "
+            "stop it first, or give this one its own --data-dir"
+        )
+    lock.write_note(str(os.getpid()))
+    return lock
+
+
+# --- recovery ------------------------------------------------------------------------------
 
 
 def _valid_envelope_seq(line: bytes) -> int | None:
@@ -183,6 +237,18 @@ def _quarantine(path: Path, offset: int, damaged: bytes) -> None:
     )
 
 
+# --- the writer ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the spool stamped on one accepted event."""
+
+    seq: int
+    id: str
+    received_at: str
+
+
 @dataclass
 class _Batch:
     lines: list[bytes] = field(default_factory=list)
@@ -193,13 +259,12 @@ class _Batch:
     waiters: list[threading.Lock] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Stamp:
-    """What the spool stamped on one accepted event."""
-
-    seq: int
-    id: str
-    received_at: str
+def _create_segment(spool_dir: Path, first_seq: int) -> Path:
+    path = spool_dir / segment_name(first_seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    os.close(fd)
+    fsync_dir(spool_dir)
+    return path
 
 
 class SpoolWriter:
@@ -287,10 +352,7 @@ class SpoolWriter:
             seq = self._next_seq
             stamps = []
             for event_id, event in zip(ids, encoded_events, strict=True):
-                batch.lines.append(
-                    b'{"seq":%d,"received_at":"%s","id":"%s","event":%s}\n'
-                    % (seq, now.encode(), event_id.encode(), event)
-                )
+                batch.lines.append(ENVELOPE % (seq, now.encode(), event_id.encode(), event))
                 stamps.append(Stamp(seq, event_id, now))
                 seq += 1
             self._next_seq = seq
@@ -383,18 +445,7 @@ class SpoolWriter:
         self._writer_lock.close()
 
 
-def _take_writer_lock(spool_dir: Path) -> LockFile:
-    """Hold spool/writer.lock for the writer's lifetime; refuse if another process has it."""
-    lock = LockFile(spool_dir / WRITER_LOCK)
-    if not lock.try_exclusive():
-        holder = lock.read_note() or "unknown"
-        lock.close()
-        raise SpoolBusy(
-            f"another listener (pid {holder}) is already writing to {spool_dir}; "
-            "stop it first, or give this one its own --data-dir"
-        )
-    lock.write_note(str(os.getpid()))
-    return lock
+# --- the reader ----------------------------------------------------------------------------
 
 
 class SpoolReader:
@@ -467,6 +518,9 @@ def _complete_lines(segment: Segment) -> Iterator[tuple[int, bytes]]:
                 start = end + 1
             offset += start
             carry = data[start:]
+
+
+# --- retention -----------------------------------------------------------------------------
 
 
 def remove_loaded_segments(
