@@ -1,0 +1,5 @@
+"""`python -m tap_vero_webhook`: the Singer tap, as `tap-vero-webhook` runs it."""
+
+from tap_vero_webhook.tap import TapVeroWebhook
+
+TapVeroWebhook.cli()
