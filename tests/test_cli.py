@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import click
 import requests
 
 from tap_vero_webhook.cli import main
 from tap_vero_webhook.data_dir import DataDir
-from tests.conftest import VERO_WEBHOOK, run_cli, start_listener
+from tests.helpers import VERO_WEBHOOK, list_tokens, run_cli, running_listener, wait_for
 
 URL = re.compile(r"^https://hooks\.example\.com/hooks/([A-Za-z0-9_-]{43})$")
 
@@ -21,10 +20,6 @@ def create(data_dir, base_url="https://hooks.example.com/", check=True):
     return run_cli(
         "token", "create", "--data-dir", str(data_dir), "--base-url", base_url, check=check
     )
-
-
-def listed(data_dir, *args) -> list[dict]:
-    return json.loads(run_cli("token", "list", "--json", "--data-dir", str(data_dir), *args).stdout)
 
 
 def test_token_create_prints_the_url_alone_on_the_last_line(data_dir):
@@ -45,7 +40,7 @@ def test_token_create_prints_the_url_alone_on_the_last_line(data_dir):
 
 def test_token_list_shows_ids_and_times_never_a_secret_or_hash(data_dir):
     secrets = [URL.match(create(data_dir).stdout.splitlines()[-1]).group(1) for _ in range(2)]
-    tokens = listed(data_dir)
+    tokens = list_tokens(data_dir)
     assert len(tokens) == 2
     assert len({token["id"] for token in tokens}) == 2
     for token in tokens:
@@ -69,12 +64,9 @@ def test_token_list_shows_ids_and_times_never_a_secret_or_hash(data_dir):
 
 def test_last_use_is_listed_after_the_listener_is_used(data_dir):
     secret = URL.match(create(data_dir).stdout.splitlines()[-1]).group(1)
-    running = start_listener(data_dir)
-    try:
+    with running_listener(data_dir) as running:
         assert running.post({"type": "sent"}, token=secret).status_code == 200
-    finally:
-        running.stop()  # flushes last use
-    assert listed(data_dir)[0]["last_used_at"]
+    assert list_tokens(data_dir)[0]["last_used_at"]  # a stop flushes last use
 
 
 def test_revoke_then_a_third_create_and_its_refusal(data_dir):
@@ -84,16 +76,16 @@ def test_revoke_then_a_third_create_and_its_refusal(data_dir):
     assert third.returncode != 0
     assert "revoke one first" in third.stderr
     assert "/hooks/" not in third.stdout
-    assert len(listed(data_dir, "--all")) == 2
+    assert len(list_tokens(data_dir, "--all")) == 2
 
-    oldest, newest = (token["id"] for token in listed(data_dir))
+    oldest, newest = (token["id"] for token in list_tokens(data_dir))
     revoked = run_cli("token", "revoke", oldest, "--data-dir", str(data_dir))
     assert oldest in revoked.stdout
-    assert [token["id"] for token in listed(data_dir)] == [newest]
-    everything = {token["id"]: token for token in listed(data_dir, "--all")}
+    assert [token["id"] for token in list_tokens(data_dir)] == [newest]
+    everything = {token["id"]: token for token in list_tokens(data_dir, "--all")}
     assert everything[oldest]["revoked_at"]
     assert URL.match(create(data_dir).stdout.splitlines()[-1])
-    assert len(listed(data_dir)) == 2
+    assert len(list_tokens(data_dir)) == 2
 
     again = run_cli("token", "revoke", oldest, "--data-dir", str(data_dir), check=False)
     assert again.returncode != 0
@@ -123,18 +115,15 @@ def test_every_serve_option_has_a_documented_env_var():
 
 def test_max_body_bytes_from_the_environment_takes_effect(data_dir):
     secret = URL.match(create(data_dir).stdout.splitlines()[-1]).group(1)
-    running = start_listener(data_dir, env={"VERO_WEBHOOK_MAX_BODY_BYTES": "500"})
-    try:
+    with running_listener(data_dir, env={"VERO_WEBHOOK_MAX_BODY_BYTES": "500"}) as running:
         url = running.hook_url(secret)
         small = {"type": "sent", "pad": "x" * 300}
         big = {"type": "sent", "pad": "x" * 600}
-        assert requests.post(url, json=small, timeout=10).status_code == 200
-        refused = requests.post(url, json=big, timeout=10)
+        assert requests.post(url, json=small, timeout=30).status_code == 200
+        refused = requests.post(url, json=big, timeout=30)
         assert refused.status_code == 413
         assert refused.json()["error"]["code"] == "body_too_large"
         assert "500-byte" in refused.json()["error"]["message"]
-    finally:
-        running.stop()
 
 
 def test_serve_reads_its_data_dir_and_threads_from_the_environment(data_dir):
@@ -152,9 +141,7 @@ def test_serve_reads_its_data_dir_and_threads_from_the_environment(data_dir):
             },
         )
     try:
-        deadline = time.monotonic() + 20
-        while "listening on" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_for(lambda: "listening on" in log.read_text())
         assert "3 threads" in log.read_text()
         assert DataDir(data_dir).spool.is_dir()
     finally:

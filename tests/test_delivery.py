@@ -27,10 +27,16 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.spool import SpoolReader, SpoolWriter
-from tests.conftest import IN_CI, TAP, create_token, start_listener
-from tests.test_end_to_end import TARGET_POSTGRES, ensure_plugins_installed
+from tap_vero_webhook.spool import SpoolWriter
+from tests.helpers import (
+    TAP,
+    create_token,
+    installed_target_postgres,
+    read_envelopes,
+    running_listener,
+    spooled,
+    start_listener,
+)
 from tests.vero_events import EVENT_TYPES, make_event
 
 # --- the restart path: damaged tails -------------------------------------------------
@@ -52,10 +58,6 @@ def write_events(spool_dir: Path, count: int, first: int = 0) -> list[int]:
         return seqs
     finally:
         writer.close()
-
-
-def read_all(spool_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in SpoolReader(spool_dir).lines_after(None)]
 
 
 damage = st.one_of(
@@ -98,7 +100,7 @@ def test_a_restart_after_a_damaged_tail_keeps_every_complete_event_once(
     expected_old = list(range(older + surviving_in_newest))
 
     write_events(spool_dir, after, first=1000)
-    envelopes = read_all(spool_dir)
+    envelopes = read_envelopes(spool_dir)
     assert [e["event"]["n"] for e in envelopes] == expected_old + list(range(1000, 1000 + after))
     seqs = [e["seq"] for e in envelopes]
     assert seqs == sorted(set(seqs))
@@ -141,23 +143,6 @@ class Load:
                     self.acked += response.json()["ids"]
                 else:
                     self.refused.append(response.status_code)
-
-
-def target_postgres() -> str:
-    """The target-postgres `meltano install` puts in .meltano (`make test` does it first)."""
-    if not TARGET_POSTGRES.exists():
-        env = {
-            **os.environ,
-            "MELTANO_HUB_URL": "http://127.0.0.1:9",
-            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-        }
-        try:
-            ensure_plugins_installed(env)
-        except subprocess.SubprocessError as exc:
-            if IN_CI:
-                raise
-            pytest.skip(f"{TARGET_POSTGRES} is missing and `meltano install` failed: {exc}")
-    return str(TARGET_POSTGRES)
 
 
 @dataclass
@@ -204,7 +189,7 @@ class Pipeline:
         ):
             tap = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=tap_log)
             target = subprocess.Popen(
-                [target_postgres(), "--config", str(target_config)],
+                [installed_target_postgres(), "--config", str(target_config)],
                 stdin=tap.stdout,
                 stdout=subprocess.PIPE,
                 stderr=target_log,
@@ -281,15 +266,13 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
     acked = set(load.acked)
     assert len(acked) == len(load.acked) > 200
 
-    spooled = {
-        json.loads(line)["id"] for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
-    }
-    assert acked <= spooled
+    in_spool = {envelope["id"] for envelope in spooled(data_dir)}
+    assert acked <= in_spool
 
     pipeline = Pipeline(data_dir, tmp_path, warehouse_schema)
     state = pipeline.run(None)
     keys = assert_exactly_once(pg_dsn, warehouse_schema, acked)
-    assert set(keys) == spooled  # durable but unanswered events are loaded too, once
+    assert set(keys) == in_spool  # durable but unanswered events are loaded too, once
     print(
         f"\ndelivery (seed {seed}): {len(acked)} acknowledged, {len(keys)} loaded "
         f"({len(keys) - len(acked)} durable but cut off before their answer), {crashes} crashes, "
@@ -299,7 +282,7 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
     # --- kill the pipeline half-way, re-run from the last committed state ---
     # First the whole run (tap and target), then the tap alone (the target sees its
     # output end mid-stream and may commit what it has; its last state is then used).
-    total = len(spooled)
+    total = len(in_spool)
     for kill_target in (True, False):
         new_ids = post_batches(data_dir, token, 60, 100)
         acked.update(new_ids)
@@ -324,8 +307,7 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
         keys = assert_exactly_once(pg_dsn, warehouse_schema, acked)
         assert len(keys) == total
         assert state["bookmarks"]["data"]["replication_key_value"] == max(
-            json.loads(line)["seq"]
-            for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
+            envelope["seq"] for envelope in spooled(data_dir)
         )
         print(
             f"{'tap and target' if kill_target else 'tap'} killed with {half_way} of "
@@ -336,15 +318,12 @@ def test_kill_9_under_load_then_load_every_acknowledged_event_exactly_once(
 
 def post_batches(data_dir: Path, token: str, posts: int, per_post: int) -> list[str]:
     """Arrays of events to a fresh listener on the data dir; the acknowledged ids."""
-    listener = start_listener(data_dir)
     ids = []
-    try:
+    with running_listener(data_dir) as listener:
         for number in range(posts):
             base = 100_000 + len(ids) + number * per_post
             batch = [make_event(EVENT_TYPES[i % 12], base + i) for i in range(per_post)]
             response = listener.post(batch, token=token)
             assert response.status_code == 200, response.text
             ids += response.json()["ids"]
-    finally:
-        listener.stop()
     return ids

@@ -12,7 +12,6 @@ would fail the run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -29,24 +28,25 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import BIN, TAP, Listener, create_token, start_listener
+from tests.helpers import (
+    DUCKDB_PYTHON,
+    MELTANO,
+    POSTGRES_STATE_ID,
+    ROOT,
+    TAP,
+    TARGET_POSTGRES,
+    Listener,
+    Warehouse,
+    meltano,
+    running_listener,
+    target_postgres_env,
+)
+from tests.helpers import meltano_env as meltano_env_for
 from tests.vero_events import EMAIL_TYPES, EVENT_TYPES, make_event, vero_examples
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-MELTANO = str(BIN / "meltano")
-PLUGINS = ROOT / ".meltano"
-TARGET_POSTGRES = PLUGINS / "loaders" / "target-postgres" / "venv" / "bin" / "target-postgres"
-DUCKDB_PYTHON = PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "python"
-PLUGIN_EXECUTABLES = (
-    PLUGINS / "extractors" / "tap-vero-webhook" / "venv" / "bin" / "tap-vero-webhook",
-    TARGET_POSTGRES,
-    PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "target-duckdb",
-)
-POSTGRES_STATE_ID = "prod:tap-vero-webhook-to-target-postgres"
 LATEST_QUERY_MARK = "<!-- tested: latest user_updated per user -->"
 
 STRING_COLUMNS = (
@@ -157,37 +157,6 @@ class Site:
         return [event_id for event_id, _ in self.accepted]
 
 
-@dataclass
-class Warehouse:
-    """A fresh schema in the local PostgreSQL, dropped afterwards."""
-
-    conn: psycopg.Connection
-    schema: str
-    env: dict[str, str]
-
-    def rows(self, columns: str = "*") -> list[dict]:
-        with self.conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
-            cursor.execute(
-                f"SELECT {columns} FROM {self.schema}.data ORDER BY _sdc_webhook_sequence"
-            )
-            return cursor.fetchall()
-
-    def scalar(self, sql: str):
-        return self.conn.execute(sql.format(data=f"{self.schema}.data")).fetchone()[0]
-
-
-def ensure_plugins_installed(env: dict[str, str]) -> None:
-    """`make test` installs the plugins first; a bare `pytest` installs them here, once
-    (a lock keeps parallel test runs from installing over each other)."""
-    if all(path.exists() for path in PLUGIN_EXECUTABLES):
-        return
-    PLUGINS.mkdir(exist_ok=True)
-    with open(PLUGINS / "install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not all(path.exists() for path in PLUGIN_EXECUTABLES):
-            subprocess.run([MELTANO, "install"], cwd=ROOT, env=env, check=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e")
@@ -195,65 +164,19 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def site(workdir: Path):
-    data_dir = workdir / "data"
-    token = create_token(data_dir)
-    listener = start_listener(data_dir)
-    listener.tokens.append(token)
-    yield Site(listener)
-    listener.stop()
+    with running_listener(workdir / "data", new_token=True) as listener:
+        yield Site(listener)
 
 
 @pytest.fixture(scope="module")
 def meltano_env(workdir: Path, site: Site) -> dict[str, str]:
-    """The environment of every `meltano` call: Meltano Hub unreachable, the tap reading
-    the site's spool, and this module's own system directory (state database and
-    run files) sharing the repository's installed plugins. So the tests never touch
-    the state of a real deployment in this checkout, nor another test session's."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("MELTANO_", "TAP_VERO_WEBHOOK_", "TARGET_"))
-    }
-    env = {
-        **inherited,
-        "MELTANO_HUB_URL": "http://127.0.0.1:9",
-        "MELTANO_HUB_API_ROOT": "http://127.0.0.1:9/meltano/api/v1",
-        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "TAP_VERO_WEBHOOK_DATA_DIR": str(site.listener.data_dir),
-    }
-    ensure_plugins_installed(env)
-    system_dir = workdir / "meltano"
-    system_dir.mkdir()
-    for kind in ("extractors", "loaders"):
-        (system_dir / kind).symlink_to(PLUGINS / kind)
-    env["MELTANO_SYS_DIR_ROOT"] = str(system_dir)
-    return env
-
-
-def meltano(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [MELTANO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"meltano {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}"
-        )
-    return result
+    return meltano_env_for(workdir, site.listener.data_dir)
 
 
 @pytest.fixture(scope="module")
 def warehouse(pg_dsn: str, meltano_env: dict[str, str]):
     schema = f"e2e_{uuid.uuid4().hex[:12]}"
-    params = conninfo_to_dict(pg_dsn)
-    env = {
-        **meltano_env,
-        "TARGET_POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-        "TARGET_POSTGRES_PORT": str(params.get("port", 5432)),
-        "TARGET_POSTGRES_USER": str(params.get("user", "postgres")),
-        "TARGET_POSTGRES_PASSWORD": str(params.get("password", "")),
-        "TARGET_POSTGRES_DATABASE": str(params.get("dbname", "postgres")),
-        "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema,
-    }
+    env = {**meltano_env, **target_postgres_env(pg_dsn, schema)}
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         yield Warehouse(conn, schema, env)
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

