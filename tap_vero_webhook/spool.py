@@ -158,16 +158,26 @@ def _commit_lock(spool_dir: Path) -> LockFile:
     return LockFile(spool_dir / COMMIT_LOCK, read_only_ok=True)
 
 
-def _take_writer_lock(spool_dir: Path) -> LockFile:
-    """Hold spool/writer.lock for the writer's lifetime; refuse if another process has it."""
+def _take_writer_lock(spool_dir: Path, wait_seconds: float) -> LockFile:
+    """Hold spool/writer.lock for the writer's lifetime; if another process has it, wait
+    up to `wait_seconds` for it to let go (a listener draining after SIGTERM), then refuse."""
     lock = LockFile(spool_dir / WRITER_LOCK)
     if not lock.try_exclusive():
         holder = lock.read_note() or "unknown"
-        lock.close()
-        raise SpoolBusy(
-            f"another listener (pid {holder}) is already writing to {spool_dir}; "
-            "stop it first, or give this one its own --data-dir"
-        )
+        if wait_seconds > 0:
+            logger.warning(
+                "another listener (pid %s) holds the spool in %s; waiting up to %g s for it "
+                "to stop",
+                holder,
+                spool_dir,
+                wait_seconds,
+            )
+        if not lock.try_exclusive(wait_seconds):
+            lock.close()
+            raise SpoolBusy(
+                f"another listener (pid {holder}) is already writing to {spool_dir}; "
+                "stop it first, or give this one its own --data-dir"
+            )
     lock.write_note(str(os.getpid()))
     return lock
 
@@ -284,13 +294,15 @@ class SpoolWriter:
         spool_dir: Path,
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         on_commit: Callable[[int, float], None] | None = None,
+        lock_wait_seconds: float = 0,
     ) -> None:
         """`on_commit(events, seconds)` is called by the writer thread after each group
-        commit (for metrics), never on a request's path."""
+        commit (for metrics), never on a request's path. A spool another writer holds is
+        refused (`SpoolBusy`) once `lock_wait_seconds` have passed."""
         self.spool_dir = ensure_private_dir(Path(spool_dir))
         self.segment_max_bytes = segment_max_bytes
         self._on_commit = on_commit
-        self._writer_lock = _take_writer_lock(self.spool_dir)
+        self._writer_lock = _take_writer_lock(self.spool_dir, lock_wait_seconds)
         self._commit_lock = _commit_lock(self.spool_dir)
         with self._commit_lock.exclusive():
             self._open_newest_segment()
