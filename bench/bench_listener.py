@@ -75,7 +75,7 @@ def serve_noop(port: int, threads: int) -> None:
     from flask import Flask, jsonify, request
     from waitress.server import create_server
 
-    from tap_vero_webhook.listener.server import JSONErrorChannel
+    from tap_vero_webhook.listener.server import ListenerChannel
     from tap_vero_webhook.listener.settings import ListenerSettings, ServerSettings
     from tap_vero_webhook.settings import default_of
 
@@ -89,7 +89,7 @@ def serve_noop(port: int, threads: int) -> None:
     max_body_bytes = default_of(ListenerSettings, "max_body_bytes")
     options = ServerSettings(port=port, threads=threads).waitress_options(max_body_bytes)
     server = create_server(app, **options)
-    server.channel_class = JSONErrorChannel
+    server.channel_class = ListenerChannel
     print(f"listening on http://{server.effective_host}:{server.effective_port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.run()

@@ -74,14 +74,21 @@ def main() -> None:
 @main.command()
 @settings_options(ListenerSettings, ServerSettings, LogSettings)
 def serve(**options: object) -> None:
-    """Run the webhook listener (waitress) until SIGTERM or Ctrl-C."""
+    """Run the webhook listener (waitress) until SIGTERM or Ctrl-C, then drain.
+
+    The listening socket is the one systemd passes by socket activation (LISTEN_FDS and
+    LISTEN_PID, deploy/vero-webhook.socket) when there is one; --host and --port are
+    bound otherwise. On SIGTERM or Ctrl-C the listener stops accepting, finishes and
+    answers every request it has started, and exits within --shutdown-timeout.
+    """
+    from tap_vero_webhook.listener.activation import ActivationError
     from tap_vero_webhook.listener.logs import configure_logging  # Flask: only `serve`
     from tap_vero_webhook.listener.server import serve as run_server
 
     configure_logging(build(LogSettings, options))
     try:
         run_server(build(ListenerSettings, options), build(ServerSettings, options))
-    except SpoolError as exc:
+    except (SpoolError, ActivationError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -129,20 +130,39 @@ class Listener:
         self.process.wait()
 
 
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+"""What systemd does for socket activation: the socket at fd 3, LISTEN_FDS and LISTEN_PID
+set, then exec (same pid) the service."""
+
+
 def start_listener(
-    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 30, **popen
+    data_dir: Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: float = 60,
+    held_socket: socket.socket | None = None,
 ) -> Listener:
-    """Start `vero-webhook serve` on a free port and wait until it answers /healthz."""
+    """Start `vero-webhook serve` on a free port, or on `held_socket` passed to it the
+    way systemd's socket activation passes one, and wait until it answers /healthz."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}-listener-{time.monotonic_ns()}.log"
+    command = [VERO_WEBHOOK, "serve", "--data-dir", str(data_dir), "--port", "0", *args]
+    pass_fds: tuple[int, ...] = ()
+    if held_socket is not None:
+        pass_fds = (held_socket.fileno(),)
+        command = [sys.executable, "-c", ACTIVATE, str(held_socket.fileno()), *command]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [VERO_WEBHOOK, "serve", "--data-dir", str(data_dir), "--port", "0", *args],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            **popen,
+            pass_fds=pass_fds,
         )
     listener = Listener(data_dir, process, log_path)
     deadline = time.monotonic() + timeout
@@ -442,6 +462,14 @@ def meltano(env: dict[str, str], *args: str, check: bool = True) -> subprocess.C
             f"meltano {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def running_jobs(env: dict[str, str], state_id: str = POSTGRES_STATE_ID) -> int:
+    """How many runs of the pipeline Meltano's system database holds as RUNNING."""
+    with sqlite3.connect(Path(env["MELTANO_SYS_DIR_ROOT"]) / "meltano.db") as db:
+        return db.execute(
+            "SELECT count(*) FROM runs WHERE job_name = ? AND state = 'RUNNING'", (state_id,)
+        ).fetchone()[0]
 
 
 def target_postgres_env(dsn: str, schema: str) -> dict[str, str]:

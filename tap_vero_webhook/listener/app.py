@@ -38,7 +38,10 @@ class ListenerState:
         )
         self.metrics = ListenerMetrics(layout.spool, self.rejects)
         self.spool = SpoolWriter(
-            layout.spool, settings.segment_max_bytes, on_commit=self.metrics.observe_commit
+            layout.spool,
+            settings.segment_max_bytes,
+            on_commit=self.metrics.observe_commit,
+            lock_wait_seconds=settings.spool_lock_timeout,
         )
         self.tokens = TokenVerifier(settings.data_dir)
         self.access = AccessLog()

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
+import threading
+import time
 
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
+from tap_vero_webhook.listener.activation import inherited_socket
 from tap_vero_webhook.listener.app import create_app
 from tap_vero_webhook.listener.errors import JSON, error_body
 from tap_vero_webhook.listener.logs import redact
 from tap_vero_webhook.listener.rejects import Rejection
 from tap_vero_webhook.listener.settings import ListenerSettings, ServerSettings
+
+IDLE_GRACE_SECONDS = 1.0
+"""How long a drain keeps an idle keep-alive connection open: a sender about to reuse it
+gets its answer (with `Connection: close`) rather than a closed connection."""
+
+log = logging.getLogger("tap_vero_webhook.server")
 
 
 class JSONErrorTask(ErrorTask):
@@ -67,10 +78,17 @@ class JSONErrorTask(ErrorTask):
             logging.getLogger(__name__).warning("could not note a refused request", exc_info=True)
 
 
-class JSONErrorChannel(HTTPChannel):
-    """Also ages a connection from the first byte of the request it is receiving, so
-    channel_timeout bounds a sender trickling bytes, not only an idle one (waitress alone
-    resets the clock on every byte, letting a slow sender hold a connection forever)."""
+class ListenerChannel(HTTPChannel):
+    """A connection, as waitress serves it, with two changes.
+
+    It ages from the first byte of the request it is receiving, so channel_timeout
+    bounds a sender trickling bytes, not only an idle one (waitress alone resets the
+    clock on every byte, letting a slow sender hold a connection forever). And while
+    the server drains, every answer it sends says `Connection: close` and the
+    connection closes after it, so a keep-alive sender reconnects, to whichever
+    process then accepts on the socket. (An app may not set `Connection` itself:
+    PEP 3333 calls it hop-by-hop; waitress's task decides it from the request's.)
+    """
 
     error_task_class = JSONErrorTask
     _request_started: float | None = None
@@ -83,35 +101,98 @@ class JSONErrorChannel(HTTPChannel):
             self.last_activity = self._request_started
         return result
 
+    def service(self) -> None:
+        if getattr(self.server, "draining", False) and self.requests:
+            self.requests[0].headers["CONNECTION"] = "close"
+        super().service()
 
-def build_server(settings: ListenerSettings, server_settings: ServerSettings):
-    """The app on a waitress server bound as `server_settings` say (not yet running)."""
+    @property
+    def idle(self) -> bool:
+        """No request in flight or being received, nothing left to send."""
+        return not (self.requests or self.request is not None or self.total_outbufs_len)
+
+
+def build_server(
+    settings: ListenerSettings, server_settings: ServerSettings, sock: socket.socket | None = None
+):
+    """The app on a waitress server, bound as `server_settings` say or serving `sock` (a
+    socket passed by socket activation); not yet running."""
     app = create_app(settings)
-    server = create_server(app, **server_settings.waitress_options(settings.max_body_bytes))
-    server.channel_class = JSONErrorChannel
+    options = server_settings.waitress_options(settings.max_body_bytes, sock)
+    server = create_server(app, **options)
+    server.channel_class = ListenerChannel
+    server.draining = False
     server.listener_state = app.state  # for JSONErrorTask's rejects
     return app, server
 
 
 def serve(settings: ListenerSettings, server_settings: ServerSettings) -> None:
-    app, server = build_server(settings, server_settings)
-    log = logging.getLogger("tap_vero_webhook.server")
+    """Serve until SIGTERM or SIGINT, then drain (`drain`) and release the spool.
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(0)
+    Raises `ActivationError` for a socket-activation environment that names no usable
+    socket, `SpoolBusy` for a spool another listener keeps."""
+    sock = inherited_socket()
+    app, server = build_server(settings, server_settings, sock)
+    stop = threading.Event()
 
-    signal.signal(signal.SIGTERM, stop)
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+        server.pull_trigger()  # wake the loop now, not at its next timeout
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     log.info(
-        "listening on http://%s:%s (data dir %s, %d threads, body cap %d bytes)",
+        "listening on http://%s:%s (%s; data dir %s, %d threads, body cap %d bytes)",
         server.effective_host,
         server.effective_port,
+        "socket passed by the service manager" if sock else "bound here",
         settings.data_dir,
         server_settings.threads,
         settings.max_body_bytes,
     )
     try:
-        server.run()
+        while not stop.is_set():
+            wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+        drain(server, server_settings.shutdown_timeout)
     finally:
-        server.close()
-        app.state.close()
+        wasyncore.close_all(server._map, ignore_all=True)
+        server.task_dispatcher.shutdown(timeout=1)
+        app.state.close()  # token last-use times, the spool, rejects, the access log
         log.info("stopped")
+
+
+def drain(server, timeout: float) -> None:
+    """Stop accepting and let every started request finish and be answered.
+
+    The listening socket is closed at once: one held by a service manager stays open,
+    so the kernel queues new connections for the next process; one bound here closes.
+    A request received, or being received, is served to the end and its answer sent
+    with `Connection: close`; an idle keep-alive connection is closed once it has been
+    idle for `IDLE_GRACE_SECONDS` since the drain began; everything still open at
+    `timeout` seconds (a sender trickling its body, say) is cut off.
+    """
+    started, began = time.monotonic(), time.time()
+    deadline = started + timeout
+    server.draining = True
+    wasyncore.dispatcher.close(server)  # the listening socket, not the trigger
+    channels = _channels(server)
+    log.info("draining: stopped accepting; %d connections open", len(channels))
+    while channels and time.monotonic() < deadline:
+        now = time.time()
+        for channel in channels:
+            if channel.idle and now - max(channel.last_activity, began) >= IDLE_GRACE_SECONDS:
+                channel.will_close = True  # closed by the loop, like a timed-out channel
+        wasyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+        channels = _channels(server)
+    if channels:
+        log.warning(
+            "drain: gave up after %.1f s with %d connections still open (--shutdown-timeout)",
+            time.monotonic() - started,
+            len(channels),
+        )
+    else:
+        log.info("drained in %.2f s", time.monotonic() - started)
+
+
+def _channels(server) -> list[ListenerChannel]:
+    return [item for item in server._map.values() if isinstance(item, ListenerChannel)]

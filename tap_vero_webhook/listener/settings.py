@@ -7,6 +7,7 @@ makes one option and one `VERO_WEBHOOK_*` environment variable per field.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class ListenerSettings:
     metrics: bool = setting(
         True, "Serve Prometheus metrics on GET /metrics (no token; same address as the hooks)."
     )
+    spool_lock_timeout: int = setting(
+        30,
+        "Seconds to wait at start for the listener that still holds the spool (say, one "
+        "draining after SIGTERM) to let go, before refusing to start.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,20 @@ class ServerSettings:
     channel_timeout: int = setting(
         60, "Seconds an idle or trickling connection is kept before it is closed.", minimum=1
     )
+    shutdown_timeout: int = setting(
+        20,
+        "Seconds a drain after SIGTERM may take: requests in flight finish and get their "
+        "answer, then the listener exits, at the latest after this (keep it under "
+        "systemd's TimeoutStopSec).",
+        minimum=1,
+    )
 
-    def waitress_options(self, max_body_bytes: int) -> dict:
-        """The options `waitress.create_server` gets, for a body cap of `max_body_bytes`."""
+    def waitress_options(self, max_body_bytes: int, sock: socket.socket | None = None) -> dict:
+        """The options `waitress.create_server` gets, for a body cap of `max_body_bytes`;
+        with `sock` (socket activation), waitress serves it instead of binding host:port."""
+        where = {"sockets": [sock]} if sock else {"host": self.host, "port": self.port}
         return {
-            "host": self.host,
-            "port": self.port,
+            **where,
             "threads": self.threads,
             "connection_limit": self.connection_limit,
             "channel_timeout": self.channel_timeout,
