@@ -107,7 +107,7 @@ if [[ -n $forget_pid ]]; then
 fi
 while true; do
     before=$(count_rows)
-    $BIN/meltano run tap-vero-webhook target-duckdb >"$LOAD_LOG" 2>&1 &
+    $BIN/meltano run --force tap-vero-webhook target-duckdb >"$LOAD_LOG" 2>&1 &
     loader_pid=$!
     if wait "$loader_pid"; then
         after=$(count_rows)

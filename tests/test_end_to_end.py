@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ from tests.helpers import (
     Listener,
     Warehouse,
     meltano,
+    running_jobs,
     running_listener,
     target_postgres_env,
 )
@@ -331,14 +331,6 @@ def test_replay_with_state_cleared_adds_no_duplicates(replay, site: Site, wareho
     rows = warehouse.rows("__sdc_primary_key, _sdc_batched_at")
     assert [row["__sdc_primary_key"] for row in rows] == site.accepted_ids()
     assert all(row["_sdc_batched_at"] > replay for row in rows), "the replay re-sent everything"
-
-
-def running_jobs(env: dict[str, str]) -> int:
-    with sqlite3.connect(Path(env["MELTANO_SYS_DIR_ROOT"]) / "meltano.db") as db:
-        return db.execute(
-            "SELECT count(*) FROM runs WHERE job_name = ? AND state = 'RUNNING'",
-            (POSTGRES_STATE_ID,),
-        ).fetchone()[0]
 
 
 @pytest.mark.postgres
