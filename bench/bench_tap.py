@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tap_vero_webhook.data_dir import DataDir  # noqa: E402
 from tap_vero_webhook.listener.payloads import encode_event  # noqa: E402
-from tap_vero_webhook.spool import SpoolWriter  # noqa: E402
+from tap_vero_webhook.spool.local import SpoolWriter  # noqa: E402
 from tests.vero_events import event_stream  # noqa: E402
 
 BIN = Path(sys.executable).parent

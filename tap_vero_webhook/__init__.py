@@ -2,7 +2,7 @@
 
 Two halves that share only the spool on disk: the listener (`listener/`, run by
 `vero-webhook serve`) accepts Vero's POSTs and makes them durable in the spool
-(`spool.py`); the Singer tap (`tap.py`, `streams.py`, `schema.py`) reads the spool
+(`spool/`); the Singer tap (`tap.py`, `streams.py`, `schema.py`) reads the spool
 and emits the `data` stream. `cli.py` and `report.py` are the operator's face.
 """
 

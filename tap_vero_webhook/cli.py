@@ -15,7 +15,7 @@ import click
 from tap_vero_webhook.listener.settings import ListenerSettings, LogSettings, ServerSettings
 from tap_vero_webhook.listener.tokens import TokenError, TokenStore
 from tap_vero_webhook.settings import Setting, build, settings_of
-from tap_vero_webhook.spool import SpoolError
+from tap_vero_webhook.spool.local import SpoolError
 
 ENV_PREFIX = "VERO_WEBHOOK_"
 

@@ -4,7 +4,7 @@ The listener's ``--data-dir`` (the tap's ``data_dir``) holds everything on disk,
 each entry written by one party::
 
     DATA_DIR/                          0700; files 0600, folders 0700
-      spool/                           accepted events (spool.py): listener writes, tap reads
+      spool/                           accepted events (spool/local.py): listener writes, tap reads
         00000000000000000001.jsonl     segments, named after their first sequence number
         commit.lock                    the writer commits under it; readers snapshot under it
         writer.lock                    held by the one listener writing (its pid inside)
@@ -16,7 +16,7 @@ each entry written by one party::
         2026-11-30.jsonl               one file per UTC day
       tap.lock                         held by a tap run, so two runs never read at once
 
-The spool's own entries are named in spool.py; everything at the top here.
+The spool's own entries are named in spool/local.py; everything at the top here.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import msgspec
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.rejects import read_rejects
-from tap_vero_webhook.spool import SpoolReader
+from tap_vero_webhook.spool.local import SpoolReader
 from tap_vero_webhook.timestamps import parse_utc_timestamp, utc_timestamp
 
 SEQUENCE = "_sdc_webhook_sequence"

@@ -22,7 +22,7 @@ from tap_vero_webhook.schema import (
     RECEIVED_AT,
     SEQUENCE,
 )
-from tap_vero_webhook.spool import SpoolReader, remove_loaded_segments
+from tap_vero_webhook.spool.local import SpoolReader, remove_loaded_segments
 from tap_vero_webhook.tap_settings import TapSettings
 from tap_vero_webhook.timestamps import parse_utc_timestamp
 

@@ -32,7 +32,7 @@ import requests
 from psycopg.conninfo import conninfo_to_dict
 
 from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.spool import SpoolReader
+from tap_vero_webhook.spool.local import SpoolReader
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

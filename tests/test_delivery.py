@@ -27,7 +27,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tap_vero_webhook.spool import SpoolWriter
+from tap_vero_webhook.spool.local import SpoolWriter
 from tests.helpers import (
     TAP,
     create_token,

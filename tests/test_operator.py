@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.access_log import AccessLog
 from tap_vero_webhook.listener.logs import RedactTokens
-from tap_vero_webhook.spool import segment_name
+from tap_vero_webhook.spool.local import segment_name
 from tests.helpers import (
     TAP,
     VERO_WEBHOOK,

@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.spool import SpoolCorrupt, SpoolReader, SpoolWriter, segment_name
+from tap_vero_webhook.spool.local import SpoolCorrupt, SpoolReader, SpoolWriter, segment_name
 from tests.helpers import read_envelopes
 
 

@@ -18,7 +18,7 @@ from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.payloads import encode_event
 from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.schema import EVENT_TYPES
-from tap_vero_webhook.spool import SpoolWriter, list_segments, segment_name
+from tap_vero_webhook.spool.local import SpoolWriter, list_segments, segment_name
 from tap_vero_webhook.tap import TapVeroWebhook
 from tests.helpers import (
     TAP,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tap_vero_webhook.listener.errors import JSON
 from tap_vero_webhook.listener.payloads import PayloadError
-from tap_vero_webhook.spool import SpoolUnavailable, Stamp
+from tap_vero_webhook.spool.local import SpoolUnavailable, Stamp
 
 if TYPE_CHECKING:
     from tap_vero_webhook.listener.app import ListenerState

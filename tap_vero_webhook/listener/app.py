@@ -20,7 +20,7 @@ from tap_vero_webhook.listener.payloads import encode_event, parse_events
 from tap_vero_webhook.listener.rejects import Rejection, RejectLog
 from tap_vero_webhook.listener.settings import ListenerSettings
 from tap_vero_webhook.listener.tokens import TokenVerifier
-from tap_vero_webhook.spool import SpoolWriter, Stamp
+from tap_vero_webhook.spool.local import SpoolWriter, Stamp
 
 STATE_KEY = "vero_webhook"
 """Where the app keeps its `ListenerState`: ``app.extensions[STATE_KEY]``."""

@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tap_vero_webhook.listener.rejects import RejectLog
-from tap_vero_webhook.spool import list_segments
+from tap_vero_webhook.spool.local import list_segments
 
 COMMIT_EVENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_SECONDS_BUCKETS = (

@@ -14,7 +14,7 @@ from flask import Flask, Response, g, jsonify, request
 from tap_vero_webhook.listener.accept import accepted_body
 from tap_vero_webhook.listener.errors import JSON, Refusal
 from tap_vero_webhook.listener.payloads import PayloadError
-from tap_vero_webhook.spool import SpoolUnavailable
+from tap_vero_webhook.spool.local import SpoolUnavailable
 
 if TYPE_CHECKING:
     from tap_vero_webhook.listener.app import ListenerState

@@ -18,7 +18,7 @@ from tap_vero_webhook.listener.rejects import (
     DEFAULT_RETENTION_DAYS,
 )
 from tap_vero_webhook.settings import setting
-from tap_vero_webhook.spool import DEFAULT_SEGMENT_MAX_BYTES
+from tap_vero_webhook.spool.local import DEFAULT_SEGMENT_MAX_BYTES
 
 SERVER_IDENT = "vero-webhook"
 
