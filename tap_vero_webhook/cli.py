@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from tap_vero_webhook.listener.settings import ListenerSettings, LogSettings, ServerSettings
 from tap_vero_webhook.listener.tokens import TokenError, TokenStore
-from tap_vero_webhook.settings import Setting, build, settings_of
-from tap_vero_webhook.spool.local import SpoolError
+from tap_vero_webhook.location import Location
+from tap_vero_webhook.settings import Setting, SettingError, build, settings_of
+from tap_vero_webhook.spool import SpoolError
 
 ENV_PREFIX = "VERO_WEBHOOK_"
 
@@ -59,10 +62,39 @@ def settings_options(*classes: type) -> Callable:
     return decorate
 
 
-data_dir_option = setting_option(
-    next(declared for declared in settings_of(ListenerSettings) if declared.name == "data_dir")
-)
-"""The --data-dir of every command: the one `serve` takes."""
+def _serve_setting(name: str) -> Setting:
+    return next(declared for declared in settings_of(ListenerSettings) if declared.name == name)
+
+
+data_dir_option = setting_option(_serve_setting("data_dir"))
+"""The --data-dir of `report`: the one `serve` takes."""
+
+
+def token_store_options(func: Callable) -> Callable:
+    """Where the tokens are, as `serve` is told: --data-dir, or --spool-url and
+    --spool-stream (then the tokens are in the JetStream cluster, shared by every listener)."""
+    data_dir = replace(_serve_setting("data_dir"), default=None)
+    for declared in (data_dir, _serve_setting("spool_url"), _serve_setting("spool_stream")):
+        func = setting_option(declared)(func)
+    return func
+
+
+@contextmanager
+def token_store(data_dir: Path | None, spool_url: str, spool_stream: str) -> Iterator[TokenStore]:
+    """The token store the options name; a TokenError becomes the command's error message."""
+    if not (data_dir or spool_url):
+        raise click.UsageError("give --data-dir (the local spool's) or --spool-url")
+    location = Location(data_dir=data_dir, url=spool_url or None, stream=spool_stream)
+    try:
+        store = TokenStore(location)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield store
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,7 +120,7 @@ def serve(**options: object) -> None:
     configure_logging(build(LogSettings, options))
     try:
         run_server(build(ListenerSettings, options), build(ServerSettings, options))
-    except (SpoolError, ActivationError) as exc:
+    except (SpoolError, ActivationError, SettingError, TokenError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -98,7 +130,7 @@ def token() -> None:
 
 
 @token.command("create")
-@data_dir_option
+@token_store_options
 @click.option(
     "--base-url",
     envvar=f"{ENV_PREFIX}BASE_URL",
@@ -106,24 +138,25 @@ def token() -> None:
     required=True,
     help="Public address Vero posts to, e.g. https://hooks.example.com",
 )
-def token_create(data_dir: Path, base_url: str) -> None:
+def token_create(data_dir: Path | None, spool_url: str, spool_stream: str, base_url: str) -> None:
     """Make a webhook URL. It is shown this once only: paste it into Vero now."""
-    try:
-        record, secret = TokenStore(data_dir).create()
-    except TokenError as exc:
-        raise click.ClickException(str(exc)) from None
+    with token_store(data_dir, spool_url, spool_stream) as store:
+        record, secret = store.create()
     click.echo(f"Created webhook URL {record.id} at {record.created_at}.", err=True)
     click.echo("It is shown this once only. Paste it into Vero's Notification URL field:", err=True)
     click.echo(f"{base_url.rstrip('/')}/hooks/{secret}")
 
 
 @token.command("list")
-@data_dir_option
+@token_store_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked URLs.")
-def token_list(data_dir: Path, as_json: bool, include_revoked: bool) -> None:
+def token_list(
+    data_dir: Path | None, spool_url: str, spool_stream: str, as_json: bool, include_revoked: bool
+) -> None:
     """Show ids, creation and last-use times; never a secret."""
-    tokens = TokenStore(data_dir).list(include_revoked=include_revoked)
+    with token_store(data_dir, spool_url, spool_stream) as store:
+        tokens = store.list(include_revoked=include_revoked)
     if as_json:
         click.echo(json.dumps(tokens, indent=2))
         return
@@ -140,13 +173,12 @@ def token_list(data_dir: Path, as_json: bool, include_revoked: bool) -> None:
 
 @token.command("revoke")
 @click.argument("token_id")
-@data_dir_option
-def token_revoke(token_id: str, data_dir: Path) -> None:
-    """Revoke a webhook URL; the listener refuses it from the next request on."""
-    try:
-        record = TokenStore(data_dir).revoke(token_id)
-    except TokenError as exc:
-        raise click.ClickException(str(exc)) from None
+@token_store_options
+def token_revoke(token_id: str, data_dir: Path | None, spool_url: str, spool_stream: str) -> None:
+    """Revoke a webhook URL; every listener refuses it from its next request on (with
+    --spool-url: within a second)."""
+    with token_store(data_dir, spool_url, spool_stream) as store:
+        record = store.revoke(token_id)
     click.echo(f"revoked {record.id} at {record.revoked_at}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 KEY = "__sdc_primary_key"
 RECEIVED_AT = "_sdc_webhook_received_at"
 SEQUENCE = "_sdc_webhook_sequence"
+LISTENER = "_sdc_webhook_listener"
 PAYLOAD = "payload"
 
 EMAIL_EVENT_TYPES = (
@@ -82,6 +83,11 @@ DATA_SCHEMA: dict = {
         SEQUENCE: {
             "type": ["integer"],
             "description": "Arrival order, strictly increasing (gaps possible).",
+        },
+        LISTENER: {
+            "type": ["string", "null"],
+            "description": "The listener that accepted the event (--listener-id; null for "
+            "events spooled before listeners were named).",
         },
         "type": _column("string", "Vero event type: sent, delivered, opened, … user_updated."),
         "user": _column("object", "The Vero user; `id` may be a number or a string."),

@@ -20,6 +20,10 @@ from typing import Any
 REQUIRED = dataclasses.MISSING
 
 
+class SettingError(ValueError):
+    """A setting's value cannot work; the message names the setting."""
+
+
 def setting(
     default: Any = REQUIRED,
     help: str = "",
@@ -92,6 +96,6 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     kwargs = {name: value for name, value in values.items() if name in names}
     hints = typing.get_type_hints(cls)
     for name, value in kwargs.items():
-        if hints[name] is Path and value is not None:
+        if Path in (hints[name], *typing.get_args(hints[name])) and value is not None:
             kwargs[name] = Path(value)
     return cls(**kwargs)

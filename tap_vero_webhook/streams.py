@@ -4,44 +4,31 @@ from __future__ import annotations
 
 import time
 import typing as t
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgspec
 from singer_sdk import Stream
 from singer_sdk.helpers._catalog import pop_deselected_record_properties
 from singer_sdk.singerlib.encoding.simple import RecordMessage
 
-from tap_vero_webhook.data_dir import DataDir
-from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.schema import (
     COLUMN_ACCEPTS,
     DATA_SCHEMA,
     KEY,
+    LISTENER,
     PAYLOAD,
     RECEIVED_AT,
     SEQUENCE,
 )
-from tap_vero_webhook.spool.local import SpoolReader, remove_loaded_segments
+from tap_vero_webhook.spool import SpoolSource, open_source
 from tap_vero_webhook.tap_settings import TapSettings
 from tap_vero_webhook.timestamps import parse_utc_timestamp
 
+SPOOL_ID = "spool_id"
+"""The bookmark's record of which spool it belongs to (for a spool that has an id)."""
 NUL_ESCAPE = b"\\u0000"
 NUL_REPLACEMENT = "\ufffd"
 
 _decode_envelope = msgspec.json.Decoder().decode
-
-
-class TapAlreadyRunning(RuntimeError):
-    """Another run of the tap is reading this spool."""
-
-
-class SpoolNotFound(RuntimeError):
-    """`data_dir` holds no spool: a wrong path would otherwise load nothing, silently."""
-
-
-class BookmarkAheadOfSpool(RuntimeError):
-    """The state vouches for events this spool never had: it was replaced or reset."""
 
 
 def without_nul(value: t.Any) -> t.Any:
@@ -66,6 +53,7 @@ def record_from_envelope(line: bytes) -> dict:
         KEY: envelope["id"],
         RECEIVED_AT: envelope["received_at"],
         SEQUENCE: envelope["seq"],
+        LISTENER: envelope.get("listener"),
     }
     for name, value in event.items():
         accepts = COLUMN_ACCEPTS.get(name)
@@ -88,61 +76,37 @@ class DataStream(Stream):
     def settings(self) -> TapSettings:
         return TapSettings.from_tap_config(self.config)
 
-    @property
-    def data_dir(self) -> DataDir:
-        return DataDir(self.settings.data_dir)
-
     def get_records(self, context: dict | None) -> t.Iterator[dict]:
         loaded_through = self.get_starting_replication_key_value(context)
+        spool_id = self.get_context_state(context).get(SPOOL_ID)
         self.__dict__.pop("_bookmark", None)
-        spool_dir = self.data_dir.spool
-        if not spool_dir.is_dir():
-            raise SpoolNotFound(
-                f"no spool at {spool_dir}: data_dir must be the listener's --data-dir"
-            )
-        with self._exclusive_run():
-            reader = SpoolReader(spool_dir)
-            started, count, first, last = time.monotonic(), 0, None, None
-            for line in reader.lines_after(loaded_through):
-                record = record_from_envelope(line)
-                last = record[SEQUENCE]
-                first = last if first is None else first
-                count += 1
-                yield record
-            if loaded_through is not None and int(loaded_through) > reader.high_water:
-                raise BookmarkAheadOfSpool(
-                    f"the state's bookmark ({loaded_through}) is past the newest event this "
-                    f"spool ever accepted (seq {reader.high_water}): the spool in {spool_dir} "
-                    "was replaced or reset. Nothing was emitted. If that is intended, clear "
-                    "the state (meltano state clear …) to load this spool from its start."
+        source = open_source(self.settings.spool_location())
+        try:
+            with source.exclusive_run():
+                self.__dict__["_spool_id"] = source.spool_id
+                started, count, first, last = time.monotonic(), 0, None, None
+                for line in source.lines_after(loaded_through, spool_id):
+                    record = record_from_envelope(line)
+                    last = record[SEQUENCE]
+                    first = last if first is None else first
+                    count += 1
+                    yield record
+                if loaded_through is not None:  # known by now to be this spool's bookmark
+                    self._remove_loaded(source, int(loaded_through))
+                self.logger.info(
+                    "tap run: emitted %d events, seq %s..%s (after bookmark %s) in %.2f s",
+                    count,
+                    first,
+                    last,
+                    loaded_through,
+                    time.monotonic() - started,
                 )
-            if loaded_through is not None:  # only once the bookmark is known to be this spool's
-                self._remove_loaded_segments(int(loaded_through))
-            self.logger.info(
-                "tap run: emitted %d events, seq %s..%s (after bookmark %s) in %.2f s",
-                count,
-                first,
-                last,
-                loaded_through,
-                time.monotonic() - started,
-            )
+        finally:
+            source.close()
 
-    @contextmanager
-    def _exclusive_run(self) -> Iterator[None]:
-        """flock on DATA_DIR/tap.lock: overlapping runs (cron) fail fast instead of racing."""
-        with LockFile(self.data_dir.tap_lock) as lock:
-            if not lock.try_exclusive():
-                raise TapAlreadyRunning(
-                    f"another tap-vero-webhook run holds {lock.path}; overlapping runs "
-                    "are refused, the next scheduled run picks up from here"
-                )
-            yield
-
-    def _remove_loaded_segments(self, loaded_through: int) -> None:
-        retention_seconds = self.settings.retention_seconds
-        removed = remove_loaded_segments(self.data_dir.spool, loaded_through, retention_seconds)
-        for path in removed:
-            self.logger.info("retention: removed %s (loaded, older than retention)", path.name)
+    def _remove_loaded(self, source: SpoolSource, loaded_through: int) -> None:
+        for name in source.remove_loaded(loaded_through, self.settings.retention_seconds):
+            self.logger.info("retention: removed %s (loaded, older than retention)", name)
 
     # The SDK's per-record path is generic; these three overrides (of singer-sdk 0.54
     # internals, pinned in pyproject.toml) keep what this stream needs and drop the
@@ -157,6 +121,8 @@ class DataStream(Stream):
         if bookmark is None:
             bookmark = self.get_context_state(context)
             bookmark["replication_key"] = SEQUENCE
+            if self.__dict__.get("_spool_id"):
+                bookmark[SPOOL_ID] = self.__dict__["_spool_id"]
             self.__dict__["_bookmark"] = bookmark
         bookmark["replication_key_value"] = latest_record[SEQUENCE]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from singer_sdk import Tap
+from singer_sdk.exceptions import ConfigValidationError
 
+from tap_vero_webhook.settings import SettingError
 from tap_vero_webhook.singer_output import BufferedMsgspecWriter
+from tap_vero_webhook.spool import SpoolError
 from tap_vero_webhook.streams import DataStream
-from tap_vero_webhook.tap_settings import config_jsonschema
+from tap_vero_webhook.tap_settings import TapSettings, config_jsonschema
 
 
 class TapVeroWebhook(Tap):
@@ -19,6 +22,29 @@ class TapVeroWebhook(Tap):
 
     def discover_streams(self) -> list[DataStream]:
         return [DataStream(self)]
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The schema's checks, then `TapSettings`' (data_dir or spool_url, and so on),
+        reported the SDK's way: the message alone, no traceback."""
+        errors = super()._validate_config(raise_errors=raise_errors)
+        try:
+            TapSettings.from_tap_config(self.config)
+        except SettingError as exc:
+            if raise_errors:
+                raise ConfigValidationError(
+                    "Config validation failed", errors=[str(exc)], schema=self.config_jsonschema
+                ) from None
+            errors.append(str(exc))
+        return errors
+
+    def sync_all(self) -> None:
+        """A spool that cannot be read as asked (none there, another run on it, a state
+        from another spool) ends the run with its message, not a traceback."""
+        try:
+            super().sync_all()
+        except SpoolError as exc:
+            self.logger.error("%s", exc)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

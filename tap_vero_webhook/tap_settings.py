@@ -14,37 +14,69 @@ from typing import Any
 
 from singer_sdk import typing as th
 
-from tap_vero_webhook.settings import build, setting, settings_of
+from tap_vero_webhook.location import DEFAULT_STREAM, STREAM_NAME, Location, parse_spool_url
+from tap_vero_webhook.settings import SettingError, build, setting, settings_of
 
 DAY_SECONDS = 86400
 
 
 @dataclass(frozen=True)
 class TapSettings:
-    data_dir: Path = setting(
-        help=(
-            "The listener's --data-dir (the spool is its spool/ folder). "
-            "The tap needs read and write access: it keeps a lock file there and "
-            "removes loaded segments past the retention."
-        ),
+    data_dir: Path | None = setting(
+        None,
+        "The listener's --data-dir (the spool is its spool/ folder). "
+        "The tap needs read and write access: it keeps a lock file there and "
+        "removes loaded segments past the retention. Give this or spool_url.",
         title="Data directory",
+    )
+    spool_url: str | None = setting(
+        None,
+        "The listeners' --spool-url: NATS servers of the JetStream cluster whose stream "
+        "is the spool, e.g. nats://h1:4222,nats://h2:4222. Give this or data_dir.",
+        title="Spool URL (JetStream)",
+    )
+    spool_stream: str = setting(
+        DEFAULT_STREAM,
+        "The listeners' --spool-stream: the JetStream stream of the spool (with spool_url).",
+        title="Spool stream (JetStream)",
     )
     retention_days: float = setting(
         7,
-        "Spool segments wholly at or below the bookmark of the state this run was "
-        "given (so committed by the destination), and last written longer ago than "
-        "this, are removed at the end of a run. Until then a replay without state "
+        "Spool segments (JetStream: messages) wholly at or below the bookmark of the state "
+        "this run was given (so committed by the destination), and last written longer ago "
+        "than this, are removed at the end of a run. Until then a replay without state "
         "re-emits them. Nothing past the bookmark is ever removed.",
         title="Retention (days)",
     )
 
+    def __post_init__(self) -> None:
+        if (self.data_dir is None) == (self.spool_url is None):
+            raise SettingError(
+                "give data_dir (the listener's --data-dir) or spool_url (the listeners' "
+                "--spool-url)" + (", not both" if self.data_dir is not None else "")
+            )
+        if self.spool_url is not None:
+            try:
+                parse_spool_url(self.spool_url)
+            except ValueError as exc:
+                raise SettingError(f"spool_url {self.spool_url!r} {exc}") from None
+            if not STREAM_NAME.match(self.spool_stream):
+                raise SettingError(
+                    f"spool_stream {self.spool_stream!r}: use letters, digits, _ or -"
+                )
+
     @classmethod
     def from_tap_config(cls, config: Mapping[str, Any]) -> TapSettings:
-        return build(cls, config)
+        """The settings of a tap config; an empty data_dir or spool_url counts as unset."""
+        given = {name: value for name, value in config.items() if value != ""}
+        return build(cls, given)
 
     @property
     def retention_seconds(self) -> float:
         return float(self.retention_days) * DAY_SECONDS
+
+    def spool_location(self) -> Location:
+        return Location(data_dir=self.data_dir, url=self.spool_url, stream=self.spool_stream)
 
 
 _JSON_TYPES = {Path: th.StringType, str: th.StringType, int: th.IntegerType}

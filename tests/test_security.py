@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tap_vero_webhook.listener.tokens import TokenStore, TokenVerifier
+from tap_vero_webhook.location import Location
 from tests.helpers import (
     create_token_with_id,
     raw_http,
@@ -145,10 +146,10 @@ def test_verify_compares_every_active_token_with_compare_digest():
 
 def test_verify_calls_compare_digest_once_per_active_token(tmp_path, monkeypatch):
     """Whether the first, the second or no token matches, the work is the same."""
-    store = TokenStore(tmp_path)
+    store = TokenStore(Location(data_dir=tmp_path))
     _, first = store.create()
     _, second = store.create()
-    verifier = TokenVerifier(tmp_path)
+    verifier = TokenVerifier(Location(data_dir=tmp_path), "test")
     calls = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
@@ -190,10 +191,10 @@ def test_a_wrong_token_is_refused_in_constant_time(tmp_path):
     The listener hashes the presented token before comparing, so a shared *token*
     prefix gives no shared *digest* prefix; the digest-prefix case needs a found twin
     (2 bytes = 4 hex characters is what a brute force finds in a second)."""
-    store = TokenStore(tmp_path)
+    store = TokenStore(Location(data_dir=tmp_path))
     _, right = store.create()
     store.create()
-    verifier = TokenVerifier(tmp_path)
+    verifier = TokenVerifier(Location(data_dir=tmp_path), "test")
     wrong_same_prefix = right[:-1] + ("A" if right[-1] != "A" else "B")
     wrong_nothing_shared = "".join("A" if c != "A" else "B" for c in right)
     wrong_digest_twin = digest_prefix_twin(right, 2)

@@ -4,8 +4,8 @@ Flask's request and response machinery costs about as much as the whole durable
 append, so a POST /hooks/<token> with a valid token, a JSON content type, a
 Content-Length within the cap and a body of valid events is accepted here.
 Anything else, including every refusal, falls through to the Flask app (with the
-body put back), which gives the precise answer; so does a spool failure, where
-the Flask route tries once more and answers 503.
+body put back), which gives the precise answer; so does a spool failure, which the
+Flask route answers (503, or 413) without appending again.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from tap_vero_webhook.listener.errors import JSON
 from tap_vero_webhook.listener.payloads import PayloadError
-from tap_vero_webhook.spool.local import SpoolUnavailable, Stamp
+from tap_vero_webhook.spool import SpoolError, Stamp
 
 if TYPE_CHECKING:
     from tap_vero_webhook.listener.app import ListenerState
 
 HOOKS_PREFIX = "/hooks/"
+SPOOL_FAILURE = "vero_webhook.spool_failure"
+"""Where the fast path leaves a spool failure for the Flask route to answer (in the WSGI
+environ): the route must not append the events a second time."""
 REDACTED_HOOK_PATH = "/hooks/<redacted>"
 
 _FAST_CONTENT_TYPES = frozenset(
@@ -68,8 +71,10 @@ class AcceptPath:
         body = environ["wsgi.input"].read(int(length_text))
         try:
             stamps = self.state.accept(body)
-        except (PayloadError, SpoolUnavailable):
+        except (PayloadError, SpoolError) as exc:
             environ["wsgi.input"] = io.BytesIO(body)
+            if isinstance(exc, SpoolError):
+                environ[SPOOL_FAILURE] = exc
             return self.flask_wsgi_app(environ, start_response)
         payload = accepted_body(stamps)
         start_response("200 OK", [("Content-Type", JSON), ("Content-Length", str(len(payload)))])

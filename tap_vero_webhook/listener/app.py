@@ -7,6 +7,8 @@ log); `create_app` reads as the table of contents of the app.
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, request
 
 from tap_vero_webhook.data_dir import DataDir
@@ -20,7 +22,9 @@ from tap_vero_webhook.listener.payloads import encode_event, parse_events
 from tap_vero_webhook.listener.rejects import Rejection, RejectLog
 from tap_vero_webhook.listener.settings import ListenerSettings
 from tap_vero_webhook.listener.tokens import TokenVerifier
-from tap_vero_webhook.spool.local import SpoolWriter, Stamp
+from tap_vero_webhook.spool import Stamp, open_writer
+
+log = logging.getLogger("tap_vero_webhook.server")
 
 STATE_KEY = "vero_webhook"
 """Where the app keeps its `ListenerState`: ``app.extensions[STATE_KEY]``."""
@@ -29,6 +33,7 @@ STATE_KEY = "vero_webhook"
 class ListenerState:
     def __init__(self, settings: ListenerSettings) -> None:
         layout = DataDir(ensure_private_dir(settings.data_dir))
+        location = settings.spool_location()
         self.settings = settings
         self.rejects = RejectLog(
             layout.rejects,
@@ -36,20 +41,29 @@ class ListenerState:
             settings.rejects_body_cap,
             settings.rejects_max_bytes_per_day,
         )
-        self.metrics = ListenerMetrics(layout.spool, self.rejects)
-        self.spool = SpoolWriter(
-            layout.spool,
-            settings.segment_max_bytes,
-            on_commit=self.metrics.observe_commit,
-            lock_wait_seconds=settings.spool_lock_timeout,
-        )
-        self.tokens = TokenVerifier(settings.data_dir)
+        self.metrics = ListenerMetrics(self.rejects)
+        self.spool = open_writer(location, settings.listener_id, self.metrics.observe_commit)
+        self.metrics.watch_spool(self.spool)
+        try:
+            self.tokens = TokenVerifier(location, settings.listener_id)
+        except Exception:
+            self.spool.close()
+            raise
         self.access = AccessLog()
+        cap = self.spool.max_entry_bytes
+        if cap is not None and settings.max_body_bytes > cap:
+            log.warning(
+                "--max-body-bytes is %d, but the spool takes at most %d bytes of events in one "
+                "request (the NATS servers' max_payload): bigger bodies get 413. Raise "
+                "max_payload in the servers' config, or lower --max-body-bytes.",
+                settings.max_body_bytes,
+                cap,
+            )
 
     def accept(self, body: bytes) -> list[Stamp]:
         """Parse a body strictly and append its events durably: the one accept step,
-        shared by the fast path and the Flask route. Raises PayloadError or
-        SpoolUnavailable, having written nothing."""
+        shared by the fast path and the Flask route. Raises PayloadError or a SpoolError,
+        having stored nothing."""
         return self.spool.append([encode_event(event) for event in parse_events(body)])
 
     def reject(self, rejection: Rejection) -> None:
@@ -58,7 +72,7 @@ class ListenerState:
         self.rejects.record(rejection)
 
     def close(self) -> None:
-        self.tokens.flush_last_used()
+        self.tokens.close()
         self.spool.close()
         self.rejects.close()
         self.access.close()

@@ -2,13 +2,12 @@
 
 Each app owns its `CollectorRegistry` (built by `create_app`), so two listeners in
 one process never share or clash over a counter. The request path only bumps
-counters; group commits are observed by the writer thread that did the fsync;
-spool and rejects sizes are read from disk when scraped, not kept up to date.
+counters; group commits are observed by the writer that made them durable; spool
+and rejects sizes are read when scraped (the spool says which it has:
+`SpoolWriter.usage`), not kept up to date.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tap_vero_webhook.listener.rejects import RejectLog
-from tap_vero_webhook.spool.local import list_segments
+from tap_vero_webhook.spool import SpoolWriter
 
 COMMIT_EVENT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 COMMIT_SECONDS_BUCKETS = (
@@ -31,7 +30,7 @@ COMMIT_SECONDS_BUCKETS = (
 class ListenerMetrics:
     """Counters and histograms of one listener, and the registry that exports them."""
 
-    def __init__(self, spool_dir: Path, rejects: RejectLog | None = None) -> None:
+    def __init__(self, rejects: RejectLog | None = None) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.events_accepted = Counter(
@@ -62,7 +61,12 @@ class ListenerMetrics:
             buckets=COMMIT_SECONDS_BUCKETS,
             registry=registry,
         )
-        registry.register(_OnDisk(Path(spool_dir), rejects))
+        self._sizes = _Sizes(rejects)
+        registry.register(self._sizes)
+
+    def watch_spool(self, spool: SpoolWriter) -> None:
+        """Export the spool's own gauges (`SpoolWriter.usage`) when scraped."""
+        self._sizes.spool = spool
 
     def observe_commit(self, events: int, seconds: float) -> None:
         self.commit_events.observe(events)
@@ -80,26 +84,19 @@ class ListenerMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class _OnDisk:
-    """Sizes read from disk at scrape time: nothing on the request path keeps them."""
+class _Sizes:
+    """Sizes read when scraped: nothing on the request path keeps them."""
 
-    def __init__(self, spool_dir: Path, rejects: RejectLog | None) -> None:
-        self.spool_dir = spool_dir
+    def __init__(self, rejects: RejectLog | None) -> None:
         self.rejects = rejects
+        self.spool: SpoolWriter | None = None
 
     def collect(self):
-        try:
-            segments = list_segments(self.spool_dir)
-        except OSError:
-            segments = []
-        size = GaugeMetricFamily(
-            "vero_webhook_spool_bytes", "Bytes in the spool's segment files, loaded or not."
-        )
-        size.add_metric([], sum(segment.size for segment in segments))
-        yield size
-        count = GaugeMetricFamily("vero_webhook_spool_segments", "Segment files in the spool.")
-        count.add_metric([], len(segments))
-        yield count
+        if self.spool is not None:
+            for name, (help_text, value) in self.spool.usage().items():
+                gauge = GaugeMetricFamily(f"vero_webhook_spool_{name}", help_text)
+                gauge.add_metric([], value)
+                yield gauge
         if self.rejects is not None:
             recorded = CounterMetricFamily(
                 "vero_webhook_rejects_recorded",

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Response, g, jsonify, request
 
-from tap_vero_webhook.listener.accept import accepted_body
+from tap_vero_webhook.listener.accept import SPOOL_FAILURE, accepted_body
 from tap_vero_webhook.listener.errors import JSON, Refusal
 from tap_vero_webhook.listener.payloads import PayloadError
-from tap_vero_webhook.spool.local import SpoolUnavailable
+from tap_vero_webhook.spool import SpoolError, SpoolFull, SpoolTooLarge
 
 if TYPE_CHECKING:
     from tap_vero_webhook.listener.app import ListenerState
@@ -50,10 +50,17 @@ def init_app(app: Flask, state: ListenerState) -> None:
                 413, "body_too_large", f"the body is over the {max_body_bytes}-byte limit"
             )
         try:
+            failure = request.environ.pop(SPOOL_FAILURE, None)
+            if failure is not None:
+                raise failure
             stamps = state.accept(body)
         except PayloadError as exc:
             raise Refusal(400, exc.code, exc.message) from None
-        except SpoolUnavailable as exc:
+        except SpoolTooLarge as exc:
+            raise Refusal(413, "body_too_large", str(exc)) from None
+        except SpoolFull as exc:
+            raise Refusal(503, "spool_full", f"the spool is full ({exc}); retry later") from None
+        except SpoolError as exc:
             raise Refusal(
                 503, "spool_unavailable", f"the event could not be stored ({exc}); retry later"
             ) from None

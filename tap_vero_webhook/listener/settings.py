@@ -17,7 +17,9 @@ from tap_vero_webhook.listener.rejects import (
     DEFAULT_MAX_BYTES_PER_DAY,
     DEFAULT_RETENTION_DAYS,
 )
-from tap_vero_webhook.settings import setting
+from tap_vero_webhook.location import DEFAULT_STREAM, STREAM_NAME, Location, parse_spool_url
+from tap_vero_webhook.settings import SettingError, setting
+from tap_vero_webhook.spool import LISTENER_ID
 from tap_vero_webhook.spool.local import DEFAULT_SEGMENT_MAX_BYTES
 
 SERVER_IDENT = "vero-webhook"
@@ -62,6 +64,76 @@ class ListenerSettings:
         "draining after SIGTERM) to let go, before refusing to start.",
         minimum=0,
     )
+    listener_id: str = setting(
+        "",
+        "Name stamped on every event this listener accepts (_sdc_webhook_listener): "
+        "letters, digits, _ and -. Empty: this host's short name.",
+    )
+    spool_url: str = setting(
+        "",
+        "NATS servers of a JetStream cluster, e.g. nats://h1:4222,nats://h2:4222: the spool "
+        "is then a replicated stream there, shared by every listener. Empty: the local "
+        "spool in --data-dir.",
+    )
+    spool_stream: str = setting(
+        DEFAULT_STREAM, "The JetStream stream of the spool (with --spool-url)."
+    )
+    spool_replicas: int = setting(
+        3,
+        "Copies JetStream keeps of each event, when this listener creates the stream "
+        "(with --spool-url); an existing stream with fewer is refused.",
+        minimum=1,
+        maximum=5,
+    )
+    spool_max_bytes: int = setting(
+        0,
+        "Size limit of the stream, when this listener creates it (with --spool-url); a "
+        "full stream answers 503, never drops events. 0: the servers' storage limit.",
+        minimum=0,
+    )
+    spool_max_age: int = setting(
+        0,
+        "Seconds JetStream keeps an event, loaded or not, when this listener creates the "
+        "stream (with --spool-url). 0: until the tap's retention removes it.",
+        minimum=0,
+    )
+    spool_publish_timeout: int = setting(
+        15,
+        "Seconds a request waits for JetStream to acknowledge its events (a leader "
+        "election takes a few), with --spool-url; then it gets 503.",
+        minimum=1,
+        maximum=100,
+    )
+
+    def __post_init__(self) -> None:
+        listener_id = self.listener_id or socket.gethostname().split(".")[0]
+        if not LISTENER_ID.match(listener_id):
+            raise SettingError(
+                f"--listener-id {listener_id!r}: use 1 to 64 letters, digits, _ or -"
+            )
+        object.__setattr__(self, "listener_id", listener_id)
+        if self.spool_url:
+            try:
+                parse_spool_url(self.spool_url)
+            except ValueError as exc:
+                raise SettingError(f"--spool-url {self.spool_url!r} {exc}") from None
+            if not STREAM_NAME.match(self.spool_stream):
+                raise SettingError(
+                    f"--spool-stream {self.spool_stream!r}: use letters, digits, _ or -"
+                )
+
+    def spool_location(self) -> Location:
+        return Location(
+            data_dir=Path(self.data_dir),
+            url=self.spool_url or None,
+            stream=self.spool_stream,
+            segment_max_bytes=self.segment_max_bytes,
+            lock_wait_seconds=self.spool_lock_timeout,
+            replicas=self.spool_replicas,
+            max_bytes=self.spool_max_bytes,
+            max_age_seconds=self.spool_max_age,
+            publish_timeout=self.spool_publish_timeout,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
-"""The spool: the listener's durable, append-only record of accepted events.
+"""The local spool: accepted events in segment files in the listener's data directory.
 
-This module is one concept, read top-down in this order:
+The default backend of the spool (see the contract in `__init__.py`): no new
+infrastructure, one listener per spool. This module is one concept, read top-down
+in this order:
 
 **Format.** A spool is a folder of segment files and two lock files::
 
@@ -14,7 +16,8 @@ This module is one concept, read top-down in this order:
 
 Each line of a segment is one envelope (`ENVELOPE`)::
 
-    {"seq":42,"received_at":"2026-11-30T02:14:26.123456Z","id":"<uuid4>","event":{...}}
+    {"seq":42,"received_at":"2026-11-30T02:14:26.123456Z","id":"<uuid4>","listener":"web-1",
+     "event":{...}}
 
 `seq` strictly increases in acceptance order across segments (gaps are possible:
 a batch that failed to write burns its numbers, they are never reused). `event` is
@@ -31,7 +34,8 @@ moves to `quarantine/`.
 **Writer** (`SpoolWriter`): group commit, one fdatasync per group of concurrent
 appends. **Reader** (`SpoolReader`): committed lines after a sequence number, from
 a snapshot. **Retention** (`remove_loaded_segments`): whole segments loaded and old
-enough are deleted.
+enough are deleted. **The tap's face** (`LocalSource`): one run at a time (the
+data directory's `tap.lock`), the reader, retention.
 
 Threads: a `SpoolWriter` is safe to share between threads (that is its purpose:
 every request thread appends to the one writer). A `SpoolReader` and its
@@ -48,28 +52,38 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
+from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.files import FILE_MODE, ensure_private_dir, fsync_dir
+from tap_vero_webhook.location import Location
 from tap_vero_webhook.locks import LockFile
+from tap_vero_webhook.spool import (
+    ENVELOPE,
+    BookmarkNotInSpool,
+    SpoolBusy,
+    SpoolCorrupt,
+    SpoolNotFound,
+    SpoolUnavailable,
+    Stamp,
+    TapAlreadyRunning,
+)
 from tap_vero_webhook.timestamps import utc_now
 
 __all__ = [
     "DEFAULT_SEGMENT_MAX_BYTES",
     "QUARANTINE_SUBDIR",
+    "LocalSource",
     "Segment",
-    "SpoolBusy",
-    "SpoolCorrupt",
-    "SpoolError",
     "SpoolReader",
-    "SpoolUnavailable",
     "SpoolWriter",
-    "Stamp",
     "line_seq",
     "list_segments",
+    "open_local_writer",
     "remove_loaded_segments",
     "segment_name",
 ]
@@ -87,8 +101,7 @@ READ_CHUNK_BYTES = 1024 * 1024
 ID_POOL_BYTES = 16 * 4096
 
 _SEQ_PREFIX = b'{"seq":'
-ENVELOPE = b'{"seq":%d,"received_at":"%s","id":"%s","event":%s}\n'
-"""One spool line: seq, received_at, id (bytes), and the event's JSON text."""
+DEFAULT_LISTENER_ID = "local"
 
 
 # --- the format ----------------------------------------------------------------------------
@@ -128,25 +141,6 @@ def line_seq(line: bytes) -> int:
         raise ValueError("line does not start with an envelope's seq")
     end = line.index(b",", len(_SEQ_PREFIX))
     return int(line[len(_SEQ_PREFIX) : end])
-
-
-# --- errors --------------------------------------------------------------------------------
-
-
-class SpoolError(Exception):
-    """Base class of the spool's errors."""
-
-
-class SpoolUnavailable(SpoolError):
-    """The spool cannot take a batch now (disk full, I/O error); the sender should retry."""
-
-
-class SpoolBusy(SpoolError):
-    """Another listener already writes to this spool."""
-
-
-class SpoolCorrupt(SpoolError):
-    """A complete line of a segment is not an envelope; nothing past it is read."""
 
 
 # --- locks ---------------------------------------------------------------------------------
@@ -250,15 +244,6 @@ def _quarantine(path: Path, offset: int, damaged: bytes) -> None:
 # --- the writer ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stamp:
-    """What the spool stamped on one accepted event."""
-
-    seq: int
-    id: str
-    received_at: str
-
-
 @dataclass
 class _Batch:
     lines: list[bytes] = field(default_factory=list)
@@ -295,12 +280,15 @@ class SpoolWriter:
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         on_commit: Callable[[int, float], None] | None = None,
         lock_wait_seconds: float = 0,
+        listener_id: str = DEFAULT_LISTENER_ID,
     ) -> None:
         """`on_commit(events, seconds)` is called by the writer thread after each group
         commit (for metrics), never on a request's path. A spool another writer holds is
         refused (`SpoolBusy`) once `lock_wait_seconds` have passed."""
         self.spool_dir = ensure_private_dir(Path(spool_dir))
         self.segment_max_bytes = segment_max_bytes
+        self.listener_id = listener_id
+        self._listener = listener_id.encode()
         self._on_commit = on_commit
         self._writer_lock = _take_writer_lock(self.spool_dir, lock_wait_seconds)
         self._commit_lock = _commit_lock(self.spool_dir)
@@ -364,7 +352,9 @@ class SpoolWriter:
             seq = self._next_seq
             stamps = []
             for event_id, event in zip(ids, encoded_events, strict=True):
-                batch.lines.append(ENVELOPE % (seq, now.encode(), event_id.encode(), event))
+                batch.lines.append(
+                    ENVELOPE % (seq, now.encode(), event_id.encode(), self._listener, event)
+                )
                 stamps.append(Stamp(seq, event_id, now))
                 seq += 1
             self._next_seq = seq
@@ -436,6 +426,21 @@ class SpoolWriter:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         os.close(self._fd)
         self._fd, self._segment_path, self._segment_size = fd, path, 0
+
+    max_entry_bytes = None
+
+    def usage(self) -> dict[str, tuple[str, float]]:
+        try:
+            segments = list_segments(self.spool_dir)
+        except OSError:
+            segments = []
+        return {
+            "bytes": (
+                "Bytes in the spool's segment files, loaded or not.",
+                sum(segment.size for segment in segments),
+            ),
+            "segments": ("Segment files in the spool.", len(segments)),
+        }
 
     def writable(self) -> bool:
         """Whether the newest segment can be appended to right now (for health checks)."""
@@ -552,3 +557,63 @@ def remove_loaded_segments(
     if removed:
         fsync_dir(spool_dir)
     return removed
+
+
+# --- the tap's face ------------------------------------------------------------------------
+
+
+def open_local_writer(
+    location: Location, listener_id: str, on_commit: Callable[[int, float], None] | None
+) -> SpoolWriter:
+    return SpoolWriter(
+        DataDir(location.data_dir).spool,
+        location.segment_max_bytes or DEFAULT_SEGMENT_MAX_BYTES,
+        on_commit=on_commit,
+        lock_wait_seconds=location.lock_wait_seconds,
+        listener_id=listener_id,
+    )
+
+
+class LocalSource:
+    """One tap run's view of a data directory's spool."""
+
+    spool_id = None
+
+    def __init__(self, location: Location) -> None:
+        self.layout = DataDir(location.data_dir)
+        self.reader = SpoolReader(self.layout.spool)
+
+    @contextmanager
+    def exclusive_run(self) -> Iterator[None]:
+        """flock on DATA_DIR/tap.lock: overlapping runs (cron) fail fast instead of racing.
+        The spool is looked for first, so a wrong data_dir leaves nothing behind."""
+        if not self.layout.spool.is_dir():
+            raise SpoolNotFound(
+                f"no spool at {self.layout.spool}: data_dir must be the listener's --data-dir"
+            )
+        with LockFile(self.layout.tap_lock) as lock:
+            if not lock.try_exclusive():
+                raise TapAlreadyRunning(
+                    f"another tap-vero-webhook run holds {lock.path}; overlapping runs "
+                    "are refused, the next scheduled run picks up from here"
+                )
+            yield
+
+    def lines_after(self, after_seq: int | None, spool_id: str | None = None) -> Iterator[bytes]:
+        """The reader's lines; then `BookmarkNotInSpool` if the bookmark is past everything
+        this spool ever accepted (no line follows such a bookmark, so none was yielded)."""
+        yield from self.reader.lines_after(after_seq)
+        if after_seq is not None and int(after_seq) > self.reader.high_water:
+            raise BookmarkNotInSpool(
+                f"the state's bookmark ({after_seq}) is past the newest event this spool ever "
+                f"accepted (seq {self.reader.high_water}): the spool in {self.layout.spool} "
+                "was replaced or reset. Nothing was emitted. If that is intended, clear the "
+                "state (meltano state clear …) to load this spool from its start."
+            )
+
+    def remove_loaded(self, loaded_through: int, older_than_seconds: float) -> list[str]:
+        removed = remove_loaded_segments(self.layout.spool, loaded_through, older_than_seconds)
+        return [path.name for path in removed]
+
+    def close(self) -> None:
+        pass
