@@ -45,6 +45,8 @@ PLUGIN_EXECUTABLES = (
     PLUGINS / "extractors" / "tap-vero-webhook" / "venv" / "bin" / "tap-vero-webhook",
     TARGET_POSTGRES,
     PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "target-duckdb",
+    PLUGINS / "utilities" / "dbt-postgres" / "venv" / "bin" / "dbt",
+    PLUGINS / "utilities" / "dbt-duckdb" / "venv" / "bin" / "dbt",
 )
 POSTGRES_STATE_ID = "prod:tap-vero-webhook-to-target-postgres"
 LATEST_QUERY_MARK = "<!-- tested: latest user_updated per user -->"
@@ -224,7 +226,7 @@ def meltano_env(workdir: Path, site: Site) -> dict[str, str]:
     ensure_plugins_installed(env)
     system_dir = workdir / "meltano"
     system_dir.mkdir()
-    for kind in ("extractors", "loaders"):
+    for kind in ("extractors", "loaders", "utilities"):
         (system_dir / kind).symlink_to(PLUGINS / kind)
     env["MELTANO_SYS_DIR_ROOT"] = str(system_dir)
     return env
