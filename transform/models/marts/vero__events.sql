@@ -2,8 +2,8 @@
 
 {#- One row per distinct event; sender retries removed (docs/models.md, "Retries"). An
     incremental run reads the arrivals at or after the newest one already kept (and, for
-    user events, a window before it, to see each one's previous user event), so it
-    adds exactly the rows a full refresh would. -#}
+    user events, the window before it, to see each one's previous user event), and adds
+    only events it does not hold yet: exactly the rows a full refresh would. -#}
 {%- set window_minutes = var('vero_user_event_retry_window_minutes') -%}
 {%- set email_event_types = vero_email_event_types() -%}
 {%- set columns = [
@@ -38,6 +38,9 @@ email_events as (
         ) as arrival_number
     from arrivals
     where is_email_event
+    {%- if is_incremental() %}
+        and received_at >= {{ newest_kept }}
+    {%- endif %}
 ),
 
 user_events as (
