@@ -21,7 +21,7 @@ setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano 
 	$(BIN)/meltano install
 	touch $@
 
-plugins: .meltano/.installed  ## install meltano.yml's plugins (tap, target-postgres, target-duckdb) into .meltano
+plugins: .meltano/.installed  ## install meltano.yml's plugins (tap, target-postgres, target-duckdb, dbt-postgres, dbt-duckdb) into .meltano
 
 run: setup plugins  ## the listener on :8080, replicating into output/vero.duckdb every 15 s; Ctrl-C stops
 	scripts/quickstart.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the webhook listener, plus a load into a local DuckDB file every few
-# seconds (`meltano run tap-vero-webhook target-duckdb`). Ctrl-C stops both.
+# seconds that also rebuilds the models in it
+# (`meltano run tap-vero-webhook target-duckdb dbt-duckdb:build`). Ctrl-C stops both.
 #
 # Settings (environment):
 #   VERO_WEBHOOK_DATA_DIR   spool and tokens                         (default: data)
@@ -96,6 +97,8 @@ Post a test event:
 
 Every $LOAD_EVERY_SECONDS s the events are loaded into $TARGET_DUCKDB_PATH, table stitch_vero.data. Query it:
   scripts/query.sh "SELECT type, \"user\"->>'email' AS email, _sdc_webhook_received_at FROM stitch_vero.data ORDER BY _sdc_webhook_sequence DESC LIMIT 10"
+After each load the models (docs/models.md) are rebuilt beside it, e.g. campaign performance:
+  scripts/query.sh "SELECT campaign_id, campaign_name, sends, deliveries, unique_opens, open_rate FROM stitch_vero.vero__campaigns ORDER BY sends DESC LIMIT 10"
 (A session that keeps the DuckDB file open blocks the next load; scripts/query.sh opens it only briefly.)
 
 Ctrl-C stops the listener and the loads.
@@ -107,7 +110,7 @@ if [[ -n $forget_pid ]]; then
 fi
 while true; do
     before=$(count_rows)
-    $BIN/meltano run --force tap-vero-webhook target-duckdb >"$LOAD_LOG" 2>&1 &
+    $BIN/meltano run --force tap-vero-webhook target-duckdb dbt-duckdb:build >"$LOAD_LOG" 2>&1 &
     loader_pid=$!
     if wait "$loader_pid"; then
         after=$(count_rows)

@@ -198,6 +198,26 @@ def running_listener(
         listener.stop()
 
 
+@dataclass
+class Site:
+    """The listener plus what it accepted, in acceptance order."""
+
+    listener: Listener
+    accepted: list[tuple[str, dict]] = field(default_factory=list)
+
+    def post(self, bodies) -> None:
+        for body in bodies:
+            response = self.listener.post(body)
+            assert response.status_code == 200, response.text
+            events = body if isinstance(body, list) else [body]
+            ids = response.json()["ids"]
+            assert len(ids) == len(events)
+            self.accepted.extend(zip(ids, events, strict=True))
+
+    def accepted_ids(self) -> list[str]:
+        return [event_id for event_id, _ in self.accepted]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
     """Poll `predicate` until it returns something true (returned) or `timeout` passes
     (its last value is returned)."""
@@ -391,6 +411,8 @@ PLUGIN_EXECUTABLES = (
     PLUGINS / "extractors" / "tap-vero-webhook" / "venv" / "bin" / "tap-vero-webhook",
     TARGET_POSTGRES,
     PLUGINS / "loaders" / "target-duckdb" / "venv" / "bin" / "target-duckdb",
+    PLUGINS / "utilities" / "dbt-postgres" / "venv" / "bin" / "dbt",
+    PLUGINS / "utilities" / "dbt-duckdb" / "venv" / "bin" / "dbt",
 )
 POSTGRES_STATE_ID = "prod:tap-vero-webhook-to-target-postgres"
 
@@ -446,7 +468,7 @@ def meltano_env(work: Path, data_dir: Path) -> dict[str, str]:
     ensure_plugins_installed(env)
     system_dir = work / "meltano"
     system_dir.mkdir()
-    for kind in ("extractors", "loaders"):
+    for kind in ("extractors", "loaders", "utilities"):
         (system_dir / kind).symlink_to(PLUGINS / kind)
     env["MELTANO_SYS_DIR_ROOT"] = str(system_dir)
     return env

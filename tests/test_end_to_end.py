@@ -21,7 +21,6 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from tests.helpers import (
     ROOT,
     TAP,
     TARGET_POSTGRES,
-    Listener,
+    Site,
     Warehouse,
     meltano,
     running_jobs,
@@ -135,26 +134,6 @@ def bodies_to_post() -> list[dict | list[dict]]:
 
 
 # --- the running pieces ------------------------------------------------------------------------
-
-
-@dataclass
-class Site:
-    """The listener plus what it accepted, in acceptance order."""
-
-    listener: Listener
-    accepted: list[tuple[str, dict]] = field(default_factory=list)
-
-    def post(self, bodies) -> None:
-        for body in bodies:
-            response = self.listener.post(body)
-            assert response.status_code == 200, response.text
-            events = body if isinstance(body, list) else [body]
-            ids = response.json()["ids"]
-            assert len(ids) == len(events)
-            self.accepted.extend(zip(ids, events, strict=True))
-
-    def accepted_ids(self) -> list[str]:
-        return [event_id for event_id, _ in self.accepted]
 
 
 @pytest.fixture(scope="module")
@@ -486,7 +465,8 @@ class Console:
 
 def test_quickstart_shows_posted_events_in_duckdb_and_ctrl_c_stops_everything(meltano_env, workdir):
     """What `make run` prints works as printed: the curl line posts an event, the next
-    load reports it, the query line finds it; Ctrl-C ends every process it started."""
+    load reports it, the query lines find it in the table and in the models built
+    after the load; Ctrl-C ends every process it started."""
     port = free_port()
     env = {
         **meltano_env,
@@ -511,6 +491,7 @@ def test_quickstart_shows_posted_events_in_duckdb_and_ctrl_c_stops_everything(me
         console.wait_for(rf"^\s+http://127\.0\.0\.1:{port}/hooks/\S+$")
         curl = console.wait_for(r"^\s+(curl .*)$").group(1)
         query = console.wait_for(r"^\s+(scripts/query\.sh .*)$").group(1)
+        campaigns = console.wait_for(r"^\s+(scripts/query\.sh .*vero__campaigns.*)$").group(1)
         posted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
         assert json.loads(posted.stdout)["accepted"] == 1, posted
         console.wait_for(r"load done: .*\b1 rows in stitch_vero\.data")
@@ -518,6 +499,12 @@ def test_quickstart_shows_posted_events_in_duckdb_and_ctrl_c_stops_everything(me
             ["bash", "-c", query], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
         )
         assert "ada@example.com" in table.stdout, table.stderr
+        models = subprocess.run(
+            ["bash", "-c", campaigns], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+        )
+        assert re.search(r"│\s+7\s+│\s+Welcome\s+│\s+1\s+│", models.stdout), (
+            models.stdout + models.stderr
+        )
     finally:
         os.killpg(process.pid, signal.SIGINT)
         status = process.wait(timeout=60)
