@@ -13,11 +13,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.spool.local import SpoolReader
+from tests.vero_events import event_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -218,6 +221,66 @@ class Site:
         return [event_id for event_id, _ in self.accepted]
 
 
+SENDERS = 8
+
+
+def _as_list(body) -> list:
+    return body if isinstance(body, list) else [body]
+
+
+@dataclass
+class Senders:
+    """Eight threads posting events (one, or arrays of three) until told to stop. Each
+    event says which sender posted it and when (`sender`, `n`)."""
+
+    url: str
+    keep_alive: bool
+    acknowledged: list[str] = field(default_factory=list)
+    acknowledged_by_sender: dict[int, list[str]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    requests_sent: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.threads = [
+            threading.Thread(target=self.send, args=(n,), daemon=True) for n in range(SENDERS)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def send(self, number: int) -> None:
+        events = event_stream(30, seed=number)
+        session = requests.Session() if self.keep_alive else requests
+        index = 0
+        while not self.stop.is_set():
+            body = events[index % 30] if index % 4 else events[index % 30 : index % 30 + 3]
+            body = [{**event, "sender": number, "n": index} for event in _as_list(body)]
+            body = body[0] if len(body) == 1 else body
+            index += 1
+            try:
+                response = session.post(self.url, json=body, timeout=60)
+            except requests.RequestException as exc:
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+                continue
+            with self.lock:
+                self.requests_sent += 1
+                if response.status_code == 200:
+                    self.acknowledged += response.json()["ids"]
+                    self.acknowledged_by_sender.setdefault(number, []).extend(
+                        response.json()["ids"]
+                    )
+                else:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
     """Poll `predicate` until it returns something true (returned) or `timeout` passes
     (its last value is returned)."""
@@ -321,15 +384,16 @@ def write_json(path: Path, value: object) -> Path:
     return path
 
 
-def tap_config(work: Path, data_dir: Path, **settings) -> Path:
-    """A tap config file for `data_dir` (and `settings`) in the folder `work`."""
-    config = {"data_dir": str(data_dir), **settings}
+def tap_config(work: Path, data_dir: Path | None, **settings) -> Path:
+    """A tap config file for `data_dir` (None: a JetStream spool, in `settings`) and
+    `settings`, in the folder `work`."""
+    config = {**({"data_dir": str(data_dir)} if data_dir is not None else {}), **settings}
     return write_json(work / f"tap-config-{time.monotonic_ns()}.json", config)
 
 
 def run_tap(
     work: Path,
-    data_dir: Path,
+    data_dir: Path | None,
     state: dict | None = None,
     catalog: dict | None = None,
     check: bool = True,
@@ -459,15 +523,22 @@ def installed_target_postgres() -> str:
     return str(TARGET_POSTGRES)
 
 
-def meltano_env(work: Path, data_dir: Path) -> dict[str, str]:
+def meltano_env(
+    work: Path, data_dir: Path | None = None, spool_url: str | None = None
+) -> dict[str, str]:
     """The environment of a test's `meltano` calls: Meltano Hub unreachable, the tap
-    reading `data_dir`, and a system directory of its own in `work` (state database and
-    run files) sharing the repository's installed plugins. So tests never touch the
-    state of a real deployment in this checkout, nor another test session's."""
-    env = {**closed_hub_env(), "TAP_VERO_WEBHOOK_DATA_DIR": str(data_dir)}
+    reading `data_dir`'s spool (or the JetStream spool at `spool_url`), and a system
+    directory of its own in `work` (state database and run files) sharing the
+    repository's installed plugins. So tests never touch the state of a real deployment
+    in this checkout, nor another test session's."""
+    env = closed_hub_env()
+    if data_dir is not None:
+        env["TAP_VERO_WEBHOOK_DATA_DIR"] = str(data_dir)
+    if spool_url is not None:
+        env["TAP_VERO_WEBHOOK_SPOOL_URL"] = spool_url
     ensure_plugins_installed(env)
     system_dir = work / "meltano"
-    system_dir.mkdir()
+    system_dir.mkdir(parents=True)
     for kind in ("extractors", "loaders", "utilities"):
         (system_dir / kind).symlink_to(PLUGINS / kind)
     env["MELTANO_SYS_DIR_ROOT"] = str(system_dir)
@@ -597,6 +668,7 @@ class NatsCluster:
             if IN_CI:
                 pytest.fail(reason)
             pytest.skip(reason)
+        work.mkdir(parents=True, exist_ok=True)
         ports = free_ports(3 * size)
         self.nodes = []
         for index in range(size):
@@ -659,3 +731,86 @@ class NatsCluster:
                 except subprocess.TimeoutExpired:
                     node.process.kill()
                     node.process.wait()
+
+
+def stream_info(url: str, stream: str = "vero_webhook"):
+    """nats-py's StreamInfo of `stream`, asked of the cluster at `url`."""
+    import asyncio
+
+    import nats
+
+    async def ask():
+        client = await nats.connect(servers=url.split(","), connect_timeout=5)
+        try:
+            return await client.jetstream(timeout=10).stream_info(stream)
+        finally:
+            await client.close()
+
+    return asyncio.run(ask())
+
+
+HAPROXY_CONFIG = """\
+global
+  maxconn 512
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 120s
+  timeout server 120s
+  retries 3
+  option redispatch
+frontend hooks
+  bind 127.0.0.1:{port}
+  default_backend listeners
+backend listeners
+  balance roundrobin
+  option httpchk GET /healthz
+  http-check expect status 200
+{servers}
+"""
+
+
+class Haproxy:
+    """HAProxy (Debian's) in front of listeners, as docs/several-listeners.md deploys it:
+    round robin, health checks on /healthz, a connection refused retried elsewhere."""
+
+    def __init__(self, work: Path, backends: dict[str, int]) -> None:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(binary).exists():
+            reason = "HAProxy is not installed (apt-get install haproxy; make setup does, as root)"
+            if IN_CI:
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.port = free_ports(1)[0]
+        servers = "\n".join(
+            f"  server {name} 127.0.0.1:{port} check inter 300 fall 2 rise 1"
+            for name, port in backends.items()
+        )
+        self.config = work / "haproxy.cfg"
+        self.config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
+        self.log = work / "haproxy.log"
+        self.binary = binary
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Haproxy:
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        assert wait_for(lambda: _answers(f"{self.base_url}/healthz")), self.log.read_text()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False

@@ -13,15 +13,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 
 import pytest
-import requests
 
 from tests.helpers import (
     ACTIVATE,
+    SENDERS,
     VERO_WEBHOOK,
+    Senders,
     create_token,
     post_head,
     running_listener,
@@ -30,56 +29,8 @@ from tests.helpers import (
     start_listener,
     wait_for,
 )
-from tests.vero_events import event_stream
 
-SENDERS = 8
 RESTARTS = 5
-
-
-@dataclass
-class Senders:
-    """Eight threads posting events (one, or arrays of three) until told to stop."""
-
-    url: str
-    keep_alive: bool
-    acknowledged: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    requests_sent: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        self.threads = [
-            threading.Thread(target=self.send, args=(n,), daemon=True) for n in range(SENDERS)
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def send(self, number: int) -> None:
-        events = event_stream(30, seed=number)
-        session = requests.Session() if self.keep_alive else requests
-        index = 0
-        while not self.stop.is_set():
-            body = events[index % 30] if index % 4 else events[index % 30 : index % 30 + 3]
-            index += 1
-            try:
-                response = session.post(self.url, json=body, timeout=60)
-            except requests.RequestException as exc:
-                with self.lock:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                time.sleep(0.05)
-                continue
-            with self.lock:
-                self.requests_sent += 1
-                if response.status_code == 200:
-                    self.acknowledged += response.json()["ids"]
-                else:
-                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
 
 
 def held_socket() -> socket.socket:
