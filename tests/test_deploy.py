@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import IN_CI, ROOT
+from tests.helpers import IN_CI, NATS_SERVER, ROOT
 
 DEPLOY = ROOT / "deploy"
 UNITS = (
@@ -58,3 +59,20 @@ def test_the_drain_deadline_stays_under_systemds_stop_timeout():
     service = (DEPLOY / "vero-webhook.service").read_text()
     stop = next(line for line in service.splitlines() if line.startswith("TimeoutStopSec="))
     assert default_of(ServerSettings, "shutdown_timeout") < int(stop.split("=", 1)[1])
+
+
+def test_the_haproxy_and_nats_server_configs_are_valid():
+    """What each program itself says of the shipped config (`haproxy -c`, `nats-server -t`)."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    checks = [
+        [haproxy, "-c", "-f", str(DEPLOY / "haproxy.cfg")],
+        [str(NATS_SERVER), "-t", "-c", str(DEPLOY / "nats-server.conf")],
+    ]
+    for check in checks:
+        if not shutil.which(check[0]) and not Path(check[0]).exists():
+            reason = f"{check[0]} is not installed (make setup installs both)"
+            if IN_CI:
+                pytest.fail(reason)
+            pytest.skip(reason)
+        done = subprocess.run(check, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
