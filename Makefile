@@ -47,6 +47,8 @@ lint: setup
 bench: setup system-packages
 	$(BIN)/python bench/bench_listener.py
 	$(BIN)/python bench/bench_tap.py
+	$(BIN)/python bench/bench_jetstream.py
+	$(BIN)/python bench/bench_flood.py
 
 clean:
 	rm -rf $(VENV) .meltano

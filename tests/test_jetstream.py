@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
 
 import nats
@@ -110,6 +111,36 @@ def test_state_resume_replay_and_a_bookmark_inside_a_request(cluster, tmp_path):
         partial = tap_over(tmp_path, cluster, stream, state={"bookmarks": {"data": bookmark}})
         assert partial.keys == first_ids[5:] + later_ids
         assert tap_over(tmp_path, cluster, stream).keys == first_ids + later_ids  # replay
+
+
+def test_events_accepted_while_the_tap_runs_are_loaded_now_or_next_time(cluster, tmp_path):
+    stream = "during"
+    token, _ = js_token(cluster, stream)
+    posted: list[str] = []
+    stop = threading.Event()
+    with js_listener(tmp_path, cluster, stream, "web-1") as listener:
+        listener.tokens.append(token)
+
+        def keep_posting() -> None:
+            number = 0
+            while not stop.is_set():
+                posted.extend(listener.post(event_stream(3, seed=number)).json()["ids"])
+                number += 1
+
+        poster = threading.Thread(target=keep_posting)
+        poster.start()
+        emitted, state = [], None
+        try:
+            for _ in range(4):
+                run = tap_over(tmp_path, cluster, stream, state=state)
+                emitted += run.keys
+                state = run.states[-1]
+        finally:
+            stop.set()
+            poster.join()
+        emitted += tap_over(tmp_path, cluster, stream, state=state).keys
+    assert len(posted) > 0
+    assert emitted == posted  # each acknowledged event exactly once, in commit order
 
 
 def test_a_bookmark_from_a_recreated_stream_is_refused_before_anything_is_emitted(
