@@ -35,6 +35,17 @@ def parse_spool_url(urls: str) -> list[str]:
     return servers
 
 
+def check_jetstream(url: str, stream: str, url_setting: str, stream_setting: str) -> None:
+    """Raise ValueError naming the setting (`url_setting`, `stream_setting`) whose value
+    cannot name a JetStream spool."""
+    try:
+        parse_spool_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{url_setting} {url!r} {exc}") from None
+    if not STREAM_NAME.match(stream):
+        raise ValueError(f"{stream_setting} {stream!r}: use letters, digits, _ or -")
+
+
 @dataclass(frozen=True)
 class Location:
     """Where the listeners' shared state is kept, and how: in a data directory (the local

@@ -14,7 +14,7 @@ from typing import Any
 
 from singer_sdk import typing as th
 
-from tap_vero_webhook.location import DEFAULT_STREAM, STREAM_NAME, Location, parse_spool_url
+from tap_vero_webhook.location import DEFAULT_STREAM, Location, check_jetstream
 from tap_vero_webhook.settings import SettingError, build, setting, settings_of
 
 DAY_SECONDS = 86400
@@ -57,13 +57,9 @@ class TapSettings:
             )
         if self.spool_url is not None:
             try:
-                parse_spool_url(self.spool_url)
+                check_jetstream(self.spool_url, self.spool_stream, "spool_url", "spool_stream")
             except ValueError as exc:
-                raise SettingError(f"spool_url {self.spool_url!r} {exc}") from None
-            if not STREAM_NAME.match(self.spool_stream):
-                raise SettingError(
-                    f"spool_stream {self.spool_stream!r}: use letters, digits, _ or -"
-                )
+                raise SettingError(str(exc)) from None
 
     @classmethod
     def from_tap_config(cls, config: Mapping[str, Any]) -> TapSettings:

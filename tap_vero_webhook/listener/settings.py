@@ -17,7 +17,7 @@ from tap_vero_webhook.listener.rejects import (
     DEFAULT_MAX_BYTES_PER_DAY,
     DEFAULT_RETENTION_DAYS,
 )
-from tap_vero_webhook.location import DEFAULT_STREAM, STREAM_NAME, Location, parse_spool_url
+from tap_vero_webhook.location import DEFAULT_STREAM, Location, check_jetstream
 from tap_vero_webhook.settings import SettingError, setting
 from tap_vero_webhook.spool import LISTENER_ID
 from tap_vero_webhook.spool.local import DEFAULT_SEGMENT_MAX_BYTES
@@ -114,13 +114,9 @@ class ListenerSettings:
         object.__setattr__(self, "listener_id", listener_id)
         if self.spool_url:
             try:
-                parse_spool_url(self.spool_url)
+                check_jetstream(self.spool_url, self.spool_stream, "--spool-url", "--spool-stream")
             except ValueError as exc:
-                raise SettingError(f"--spool-url {self.spool_url!r} {exc}") from None
-            if not STREAM_NAME.match(self.spool_stream):
-                raise SettingError(
-                    f"--spool-stream {self.spool_stream!r}: use letters, digits, _ or -"
-                )
+                raise SettingError(str(exc)) from None
 
     def spool_location(self) -> Location:
         return Location(
