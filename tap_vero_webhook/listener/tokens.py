@@ -102,10 +102,11 @@ class TokenFiles:
 
     def __init__(self, data_dir: Path) -> None:
         self.layout = DataDir(data_dir)
+        self._tokens = self.layout.tokens  # stat'ed on every request
 
     def version(self) -> Hashable:
         try:
-            stat = os.stat(self.layout.tokens)
+            stat = os.stat(self._tokens)
         except FileNotFoundError:
             return None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
