@@ -14,17 +14,28 @@ What target-postgres 0.8.1 does per batch, and what this sink does instead:
   rolled back and the batch takes target-postgres' own path (temporary table,
   insert, update), so what the table holds is the same either way.
 
-Everything else (table creation and evolution, record metadata, validation,
-timestamp parsing, NUL sanitizing) is target-postgres' and the SDK's own code.
+- The SDK takes each RECORD message through stream maps, a copy of the record,
+  the `_sdc_*` metadata as ISO strings, a timestamp pass that looks up every
+  column's type for every record and parses those strings back, and a key check.
+  `take_record_message` does the same for the common case (no stream maps, no
+  flattening, no validation, metadata on, no NUL sanitizing, only known fields)
+  in one pass that builds the COPY row; any other record takes the SDK's path.
+
+Everything else (table creation and evolution, the metadata's values,
+validation, timestamp parsing and its error treatment, NUL sanitizing) is
+target-postgres' and the SDK's own code.
 """
 
 from __future__ import annotations
 
+import datetime
+import time
 import typing as t
 
 import msgspec
 import psycopg
 from psycopg import sql
+from singer_sdk.helpers._compat import datetime_fromisoformat
 from singer_sdk.helpers._typing import get_datelike_property_type
 from sqlalchemy.dialects.postgresql import JSONB
 from target_postgres.sinks import PostgresSink
@@ -42,6 +53,62 @@ def _encode_jsonb(value: t.Any) -> str:
 
 class CopySink(PostgresSink):
     """One table; records → COPY rows as they arrive; a batch → one COPY."""
+
+    def take_record_message(self, message: dict) -> bool:
+        """One RECORD message → one COPY row, as the SDK's path followed by
+        `process_record` would build it; False (nothing taken) when the record needs
+        that path: an unknown field (the SDK warns), a missing key (it raises), or a
+        setting the one-pass path does not cover."""
+        record = message["record"]
+        plan = self._record_plan()
+        if plan is None or not record.keys() <= plan.known:
+            return False
+        if any(name not in record for name in plan.keys):
+            return False
+        context = self._get_context(record)
+        now = datetime.datetime.now(tz=datetime.UTC)
+        row = list(map(record.get, plan.names))
+        # the values of upstream's _add_sdc_metadata_to_record, in METADATA's order, as
+        # datetimes where it writes ISO strings that the timestamp pass parses back
+        metadata = (
+            message.get("time_extracted"),
+            now,
+            context.get("batch_start_time") or now,
+            record.get("_sdc_deleted_at"),
+            round(time.time() * 1000),
+            message.get("version"),
+            self.sync_started_at,
+        )
+        for position, value in zip(plan.metadata, metadata, strict=True):
+            row[position] = value
+        for position in plan.datetimes:
+            value = row[position]
+            if type(value) is str:
+                row[position] = self._parse_datelike(plan.names[position], value)
+        for position, encode in plan.encoded:
+            row[position] = encode(row[position])
+        self.tally_record_read()
+        context.setdefault("rows", []).append((tuple([record[name] for name in plan.keys]), row))
+        self.record_counter_metric.increment()
+        return True
+
+    def _parse_datelike(self, name: str, value: str) -> t.Any:
+        try:
+            return datetime_fromisoformat(value)
+        except ValueError:  # upstream's own handling, per field, as it does it
+            field = {name: value}
+            super()._parse_timestamps_in_record(
+                field,
+                {"properties": {name: self.schema["properties"][name]}},
+                self.datetime_error_treatment,
+            )
+            return field[name]
+
+    def _record_plan(self) -> _RecordPlan | None:
+        cached = self.__dict__.get("_plan", False)
+        if cached is False:
+            cached = self.__dict__["_plan"] = _RecordPlan.for_sink(self)
+        return cached
 
     def process_record(self, record: dict, context: dict) -> None:
         if self.connector.sanitize_null_text_characters:
@@ -161,3 +228,52 @@ class CopySink(PostgresSink):
             ]
             self.__dict__["_column_encoders"] = cached
         return cached
+
+
+METADATA = (
+    "_sdc_extracted_at",
+    "_sdc_received_at",
+    "_sdc_batched_at",
+    "_sdc_deleted_at",
+    "_sdc_sequence",
+    "_sdc_table_version",
+    "_sdc_sync_started_at",
+)
+"""The SDK's record metadata columns, in the order `take_record_message` fills them."""
+
+
+class _RecordPlan(t.NamedTuple):
+    """How `take_record_message` builds a row, by position in COPY's column order."""
+
+    known: frozenset[str]  # every field a record may carry (else: the SDK's path, which warns)
+    keys: list[str]
+    names: list[str]  # the columns, in COPY order
+    metadata: list[int]  # where METADATA's values go
+    datetimes: list[int]  # date-time columns: ISO strings become datetimes
+    encoded: list[tuple[int, t.Callable[[t.Any], t.Any]]]  # JSONB and other bind processors
+
+    @classmethod
+    def for_sink(cls, sink: CopySink) -> _RecordPlan | None:
+        """None if a setting needs the SDK's path for every record."""
+        if (
+            sink._validator is not None
+            or not sink.include_sdc_metadata_properties
+            or sink.connector.sanitize_null_text_characters
+        ):
+            return None
+        properties = sink.schema["properties"]
+        kinds = {name: get_datelike_property_type(prop) for name, prop in properties.items()}
+        if any(kind not in (None, "date-time") for kind in kinds.values()):
+            return None  # dates and times of day: the SDK's own parsers
+        encoders = sink._encoders()
+        names = [name for name, _ in encoders]
+        if not set(METADATA) <= set(names):
+            return None
+        return cls(
+            known=frozenset(properties),
+            keys=list(sink.key_properties),
+            names=names,
+            metadata=[names.index(name) for name in METADATA],
+            datetimes=[i for i, name in enumerate(names) if kinds.get(name) == "date-time"],
+            encoded=[(i, encode) for i, (_, encode) in enumerate(encoders) if encode is not None],
+        )

@@ -9,6 +9,7 @@ what they buy; docs/load-path.md says what was tried.
 from __future__ import annotations
 
 from singer_sdk.contrib.msgspec import MsgSpecReader
+from singer_sdk.mapper import SameRecordTransform
 from target_postgres.target import TargetPostgres
 
 from target_vero_postgres.sinks import CopySink
@@ -20,6 +21,45 @@ class TargetVeroPostgres(TargetPostgres):
     default_sink_class = CopySink
     message_reader_class = MsgSpecReader
 
+    def _process_record_message(self, message_dict: dict) -> None:
+        """The SDK's record path, in one pass (`CopySink.take_record_message`) when
+        the stream has no maps and no flattening; otherwise the SDK's own."""
+        sink = self._copy_sink(message_dict.get("stream"))
+        if (
+            sink is None
+            or "record" not in message_dict
+            or not sink.take_record_message(message_dict)
+        ):
+            super()._process_record_message(message_dict)
+            return
+        if sink.is_full:
+            self.logger.info(
+                "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                sink.stream_name,
+                sink.current_size,
+            )
+            self.drain_one(sink)
+        self._handle_max_record_age()
 
-if __name__ == "__main__":
-    TargetVeroPostgres.cli()
+    def _copy_sink(self, stream_name: str | None) -> CopySink | None:
+        maps = self.mapper.stream_maps.get(stream_name)
+        sink = self._sinks_active.get(stream_name)
+        cached = self.__dict__.get("_copy_sink_for")
+        if (
+            cached is not None
+            and cached[0] == stream_name
+            and cached[1] is maps
+            and cached[2] is sink
+        ):
+            return cached[3]
+        fast = None
+        if maps and len(maps) == 1 and isinstance(sink, CopySink):
+            (stream_map,) = maps
+            if (
+                type(stream_map) is SameRecordTransform
+                and not stream_map.flattening_enabled
+                and stream_map.stream_alias == stream_name
+            ):
+                fast = sink
+        self.__dict__["_copy_sink_for"] = (stream_name, maps, sink, fast)
+        return fast
