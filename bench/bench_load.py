@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,7 @@ class Proc:
     first: float
     last: float
     hwm_kib: int = 0
+    cpu: float = 0.0  # user + system seconds, as last sampled
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Watch:
                 elif proc.name not in PARTS:  # seen between fork and exec: look again
                     proc.name = _name(pid)
                 proc.last, proc.hwm_kib = now, max(proc.hwm_kib, hwm)
+                proc.cpu = max(proc.cpu, _cpu_seconds(pid))
             time.sleep(0.02)
 
     def _tree(self) -> list[int]:
@@ -163,6 +166,14 @@ class Watch:
             tree.append(pid)
             todo += children.get(pid, [])
         return tree
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS if len(fields) > 12 else 0.0
 
 
 def _read(path: str) -> str:
@@ -198,6 +209,9 @@ class Run:
 
     def seconds_of(self, name: str) -> float:
         return sum(proc.last - proc.first for proc in self.part(name))
+
+    def cpu_of(self, name: str) -> float:
+        return sum(proc.cpu for proc in self.part(name))
 
     def peak_mib(self, name: str) -> float:
         return max((proc.hwm_kib for proc in self.part(name)), default=0) / 1024
@@ -341,6 +355,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still drop schemas, remove files
     dsn = os.environ.get("TEST_PG_DSN", PG_DSN)
     warehouse = Warehouse(dsn)
     print(
@@ -424,10 +439,10 @@ def bench(args, projects: Projects, warehouse: Warehouse, work: Path, saved: Pat
 
     floor = statistics.median(copies)
     events = args.events
+    print(f"\n{events} events, medians of {args.rounds} rounds; ratio: psql \\copy time / time")
     print(
-        f"\n{events} events, medians of {args.rounds} rounds; ratio: psql \\copy time / time"
+        f"{'':48} {'s':>7} {'rows/s':>8} {'ratio':>6}  peak RSS MiB / CPU s (meltano, tap, target)"
     )
-    print(f"{'':48} {'s':>7} {'rows/s':>8} {'ratio':>6}  peak RSS MiB (meltano/tap/target)")
     label = "psql \\copy (same rows, same table)"
     print(f"{label:48} {floor:7.2f} {events / floor:8,.0f} {1:6.2f}")
     table = {"psql_copy": {"seconds": floor, "runs": copies}}
@@ -438,17 +453,19 @@ def bench(args, projects: Projects, warehouse: Warehouse, work: Path, saved: Pat
         table[label] = {"seconds": median, "runs": seconds}
     for name, variant_runs in runs.items():
         median = statistics.median(run.seconds for run in variant_runs)
-        peaks = [
-            max(run.peak_mib(part) for run in variant_runs) for part in ("meltano", "tap", "target")
-        ]
+        parts = ("meltano", "tap", "target")
+        peaks = [max(run.peak_mib(part) for run in variant_runs) for part in parts]
+        cpu = [statistics.median(run.cpu_of(part) for run in variant_runs) for part in parts]
         print(
             f"{'meltano run, ' + name:48} {median:7.2f} {events / median:8,.0f} "
-            f"{floor / median:6.2f}  {peaks[0]:.0f}/{peaks[1]:.0f}/{peaks[2]:.0f}"
+            f"{floor / median:6.2f}  {peaks[0]:.0f}/{peaks[1]:.0f}/{peaks[2]:.0f} MiB, "
+            f"{cpu[0]:.1f}/{cpu[1]:.1f}/{cpu[2]:.1f} s"
         )
         table[name] = {
             "seconds": median,
             "runs": [run.seconds for run in variant_runs],
-            "peak_rss_mib": dict(zip(("meltano", "tap", "target"), peaks, strict=True)),
+            "peak_rss_mib": dict(zip(parts, peaks, strict=True)),
+            "cpu_seconds": dict(zip(parts, cpu, strict=True)),
         }
 
     # an idle run of the shipped pipeline: the reference schema is loaded, its state kept
