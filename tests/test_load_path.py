@@ -164,3 +164,28 @@ def test_a_replay_upserts_one_row_per_event(tap_output, schemas, pg_dsn, tmp_pat
         ).fetchone()
     assert count == distinct == 2_500
     assert oldest > first, "the replay re-wrote every row"
+
+
+def test_a_schema_changed_mid_batch_loads_both_parts(tap_output, schemas, pg_dsn, tmp_path):
+    """A batch's COPY stays open until it drains; a new column in between needs an ALTER
+    TABLE, which must not wait on that open COPY (it would, forever)."""
+    lines = tap_output.read_bytes().splitlines()
+    schema_message = json.loads(lines[0])
+    assert schema_message["type"] == "SCHEMA"
+    records = [line for line in lines if line.startswith(b'{"type":"RECORD"')][:10]
+    wider = json.loads(lines[0])
+    wider["schema"]["properties"]["extra"] = {"type": ["string", "null"]}
+    later = []
+    for line in records[5:]:
+        message = json.loads(line)
+        message["record"]["extra"] = "added"
+        later.append(json.dumps(message).encode())
+    stream = tmp_path / "changed.jsonl"
+    stream.write_bytes(b"\n".join([lines[0], *records[:5], json.dumps(wider).encode(), *later]))
+    target_schema = schemas()
+    load(TARGET_VERO_POSTGRES, stream, target_schema, tmp_path)
+    with psycopg.connect(pg_dsn) as conn:
+        extra = conn.execute(
+            f"SELECT extra FROM {target_schema}.data ORDER BY _sdc_webhook_sequence"
+        ).fetchall()
+    assert extra == [(None,)] * 5 + [("added",)] * 5

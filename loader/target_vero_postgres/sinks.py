@@ -88,7 +88,7 @@ class CopySink(PostgresSink):
         for position, encode in plan.encoded:
             row[position] = encode(row[position])
         self.tally_record_read()
-        context.setdefault("rows", []).append((tuple([record[name] for name in plan.keys]), row))
+        self._add_row(context, tuple([record[name] for name in plan.keys]), row)
         self.record_counter_metric.increment()
         return True
 
@@ -117,8 +117,21 @@ class CopySink(PostgresSink):
         row = [
             get(name) if encode is None else encode(get(name)) for name, encode in self._encoders()
         ]
-        key = tuple([record[name] for name in self._keys()])
-        context.setdefault("rows", []).append((key, row))
+        self._add_row(context, tuple([record[name] for name in self._keys()]), row)
+
+    def _add_row(self, context: dict, key: tuple, row: list) -> None:
+        """Keep the row (for a replay's upsert) and stream it into the batch's COPY,
+        opened by the batch's first row, so PostgreSQL works while records arrive."""
+        rows = context.get("rows")
+        if rows is None:
+            rows = context["rows"] = []
+            context["copy"] = _OpenCopy(self)
+        rows.append((key, row))
+        context["copy"].write_row(row)
+
+    @property
+    def has_open_copy(self) -> bool:
+        return bool(self._pending_batch and self._pending_batch.get("copy"))
 
     def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment) -> None:
         """Upstream's own parsing, shown only the date-like columns: it otherwise looks up
@@ -150,19 +163,11 @@ class CopySink(PostgresSink):
         return cached
 
     def process_batch(self, context: dict) -> None:
-        rows = context.get("rows")
-        if not rows:
+        rows, stream = context.get("rows"), context.pop("copy", None)
+        if stream is None:
             return
-        with self.connector._connect() as connection, connection.begin():
-            table = self.connector.prepare_table(
-                full_table_name=self.full_table_name,
-                schema=self.schema,
-                primary_keys=self.key_properties,
-                as_temp_table=False,
-                connection=connection,
-            )
-            cursor = connection.connection.cursor()
-            if self._copy_into_table(cursor, table, rows):
+        with stream:
+            if stream.finish():
                 return
             self.logger.info(
                 "Keys of this batch are already in %s (a replay): upserting through a "
@@ -172,44 +177,31 @@ class CopySink(PostgresSink):
             latest = {key: row for key, row in rows}  # the last record per key, as upstream
             temp_table = self.connector.copy_table_structure(
                 full_table_name=self.temp_table_name,
-                from_table=table,
+                from_table=stream.table,
                 as_temp_table=True,
-                connection=connection,
+                connection=stream.connection,
             )
-            self._copy(cursor, temp_table, latest.values())
+            self._copy(stream.cursor, temp_table, latest.values())
             self.upsert(
                 from_table=temp_table,
-                to_table=table,
+                to_table=stream.table,
                 schema=self.schema,
                 join_keys=self.key_properties,
-                connection=connection,
+                connection=stream.connection,
             )
-            self.connector.drop_table(table=temp_table, connection=connection)
-
-    def _copy_into_table(self, cursor: psycopg.Cursor, table, rows: list) -> bool:
-        """COPY the batch into the table itself; False (and nothing written) if a key
-        is already there or repeats within the batch."""
-        if self.append_only:
-            self._copy(cursor, table, (row for _, row in rows))
-            return True
-        cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
-        try:
-            self._copy(cursor, table, (row for _, row in rows))
-        except psycopg.errors.UniqueViolation:
-            cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            return False
-        cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-        return True
+            self.connector.drop_table(table=temp_table, connection=stream.connection)
 
     def _copy(self, cursor: psycopg.Cursor, table, rows: t.Iterable[list]) -> None:
-        parts = (table.schema, table.name) if table.schema else (table.name,)
-        name = sql.Identifier(*parts)
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            name, sql.SQL(", ").join(sql.Identifier(column) for column, _ in self._encoders())
-        )
-        with cursor.copy(statement) as copy:
+        with cursor.copy(self._copy_statement(table)) as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _copy_statement(self, table) -> sql.Composed:
+        parts = (table.schema, table.name) if table.schema else (table.name,)
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(*parts),
+            sql.SQL(", ").join(sql.Identifier(column) for column, _ in self._encoders()),
+        )
 
     def _encoders(self) -> list[tuple[str, t.Callable[[t.Any], t.Any] | None]]:
         """(column, how a value is sent) for every column of the schema, in order:
@@ -228,6 +220,66 @@ class CopySink(PostgresSink):
             ]
             self.__dict__["_column_encoders"] = cached
         return cached
+
+
+class _OpenCopy:
+    """A batch's transaction and its COPY into the table, open from the batch's first
+    row to its drain, under a savepoint: a key already in the table (a replay)
+    fails the COPY, and the savepoint is rolled back for the upsert."""
+
+    def __init__(self, sink: CopySink) -> None:
+        self.connection = sink.connector._engine.connect()
+        self.transaction = self.connection.begin()
+        self.table = sink.connector.prepare_table(
+            full_table_name=sink.full_table_name,
+            schema=sink.schema,
+            primary_keys=sink.key_properties,
+            as_temp_table=False,
+            connection=self.connection,
+        )
+        self.cursor = self.connection.connection.cursor()
+        self.cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
+        self._context = self.cursor.copy(sink._copy_statement(self.table))
+        self._copy = self._context.__enter__()
+        self._error: BaseException | None = None
+
+    def write_row(self, row: list) -> None:
+        if self._error is None:
+            try:
+                self._copy.write_row(row)
+            except psycopg.Error as exc:  # the server gave up: the rest is not sent
+                self._error = exc
+
+    def finish(self) -> bool:
+        """End the COPY: True if it stored the batch, False (savepoint rolled back) if a
+        key was already there."""
+        failed = self._error
+        try:
+            if failed is None:
+                self._context.__exit__(None, None, None)
+            else:
+                self._context.__exit__(type(failed), failed, failed.__traceback__)
+        except psycopg.Error as exc:
+            failed = failed or exc
+        if failed is None:
+            self.cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            return True
+        if isinstance(failed, psycopg.errors.UniqueViolation):
+            self.cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            return False
+        raise failed
+
+    def __enter__(self) -> _OpenCopy:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.transaction.commit()
+            else:
+                self.transaction.rollback()
+        finally:
+            self.connection.close()
 
 
 METADATA = (

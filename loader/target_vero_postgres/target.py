@@ -41,6 +41,22 @@ class TargetVeroPostgres(TargetPostgres):
             self.drain_one(sink)
         self._handle_max_record_age()
 
+    def _process_schema_message(self, message_dict: dict) -> None:
+        """A changed schema makes the SDK set up a new sink, whose table changes would
+        wait forever on the open COPY of the old one: drain the old one first (its rows
+        are committed, as the SDK would do next; no state is emitted before)."""
+        sink = self._sinks_active.get(message_dict.get("stream"))
+        if (
+            isinstance(sink, CopySink)
+            and sink.has_open_copy
+            and (
+                sink.original_schema != message_dict.get("schema")
+                or sink.key_properties != message_dict.get("key_properties")
+            )
+        ):
+            self.drain_one(sink)
+        super()._process_schema_message(message_dict)
+
     def _copy_sink(self, stream_name: str | None) -> CopySink | None:
         maps = self.mapper.stream_maps.get(stream_name)
         sink = self._sinks_active.get(stream_name)
