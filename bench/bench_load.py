@@ -62,6 +62,7 @@ LOADER_BIN = PLUGINS / "loaders" / "target-postgres" / "venv" / "bin"
 UNREALISTIC_ENV = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
 POST_BATCH = 500
 PARTS = ("meltano", "tap --discover", "tap", "target")
+SAMPLE_SECONDS = 0.05
 
 # name → (loader executable, loader config overrides); "shipped" is meltano.yml unchanged.
 VARIANTS: dict[str, tuple[str | None, dict]] = {
@@ -124,7 +125,7 @@ class Proc:
 
 @dataclass
 class Watch:
-    """Samples the process tree under `root` every 20 ms: lifetimes and peak RSS."""
+    """Samples the process tree under `root` every 50 ms: lifetimes, peak RSS, CPU."""
 
     root: int
     procs: dict[int, Proc] = field(default_factory=dict)
@@ -150,12 +151,15 @@ class Watch:
                     proc.name = _name(pid)
                 proc.last, proc.hwm_kib = now, max(proc.hwm_kib, hwm)
                 proc.cpu = max(proc.cpu, _cpu_seconds(pid))
-            time.sleep(0.02)
+            time.sleep(SAMPLE_SECONDS)
 
     def _tree(self) -> list[int]:
+        """`root` and its descendants. Only processes started after `root` can be its
+        descendants (pids rise), so only those are read: a scan of every process on the
+        machine each sample would cost the pipeline a good part of a core."""
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
-            if entry.isdigit():
+            if entry.isdigit() and int(entry) > self.root:
                 stat = _read(f"/proc/{entry}/stat")
                 if stat:
                     ppid = int(stat.rsplit(")", 1)[1].split()[1])
@@ -318,9 +322,9 @@ class Warehouse:
 
 
 def psql(dsn: str, command: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", command], check=True)
-    return time.perf_counter() - started
+    """Seconds of `psql -c command`, watched like the pipelines (the sampler costs both)."""
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", command]
+    return watched(argv, dict(os.environ), Path.cwd()).seconds
 
 
 # --- the bench ------------------------------------------------------------------------
