@@ -19,7 +19,10 @@ What target-postgres 0.8.1 does per batch, and what this sink does instead:
   column's type for every record and parses those strings back, and a key check.
   `take_record_message` does the same for the common case (no stream maps, no
   flattening, no validation, metadata on, no NUL sanitizing, only known fields)
-  in one pass that builds the COPY row; any other record takes the SDK's path.
+  in one pass that builds the COPY row, datetimes sent as their ISO text; any
+  other record takes the SDK's path.
+- Each batch's COPY is opened by its first row and fed as records arrive, so
+  PostgreSQL works while the target reads; the drain only ends it and commits.
 
 Everything else (table creation and evolution, the metadata's values,
 validation, timestamp parsing and its error treatment, NUL sanitizing) is
@@ -84,7 +87,10 @@ class CopySink(PostgresSink):
         for position in plan.datetimes:
             value = row[position]
             if type(value) is str:
-                row[position] = self._parse_datelike(plan.names[position], value)
+                value = self._parse_datelike(plan.names[position], value)
+            # sent as ISO text: what psycopg would send for the datetime, at a third of
+            # its cost per row (PostgreSQL parses it into the same timestamp)
+            row[position] = value.isoformat() if isinstance(value, datetime.datetime) else value
         for position, encode in plan.encoded:
             row[position] = encode(row[position])
         self.tally_record_read()
