@@ -21,7 +21,7 @@ import pytest
 from tap_vero_webhook.payloads import encode_event
 from tap_vero_webhook.spool import SpoolWriter
 from tests.conftest import TAP
-from tests.test_end_to_end import TARGET_POSTGRES, ensure_plugins_installed
+from tests.test_end_to_end import MELTANO, ROOT, TARGET_POSTGRES, ensure_plugins_installed
 from tests.vero_events import event_stream, make_event
 
 pytestmark = pytest.mark.postgres
@@ -48,9 +48,15 @@ def awkward_events() -> list[dict]:
 @pytest.fixture(scope="module")
 def tap_output(tmp_path_factory) -> Path:
     """The tap's output over 2,500 events (so several batches of 1,000)."""
-    if not TARGET_VERO_POSTGRES.exists():
-        ensure_plugins_installed(
-            {**os.environ, "MELTANO_HUB_URL": "http://127.0.0.1:9", "UV_COMPILE_BYTECODE": "1"}
+    env = {**os.environ, "MELTANO_HUB_URL": "http://127.0.0.1:9", "UV_COMPILE_BYTECODE": "1"}
+    ensure_plugins_installed(env)
+    if not TARGET_VERO_POSTGRES.exists():  # installed before meltano.yml named it: `make plugins`
+        subprocess.run(
+            [MELTANO, "install", "loader", "target-postgres"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=900,
         )
     work = tmp_path_factory.mktemp("load-path")
     writer = SpoolWriter(work / "data" / "spool")
