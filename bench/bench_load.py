@@ -49,9 +49,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tap_vero_webhook.payloads import encode_event  # noqa: E402
-from tap_vero_webhook.spool import SpoolWriter  # noqa: E402
-from tests.conftest import PG_DSN, create_token, start_listener  # noqa: E402
+from tap_vero_webhook.data_dir import DataDir  # noqa: E402
+from tap_vero_webhook.listener.payloads import encode_event  # noqa: E402
+from tap_vero_webhook.spool.local import SpoolWriter  # noqa: E402
+from tests.helpers import PG_DSN, create_token, start_listener  # noqa: E402
 from tests.vero_events import event_stream  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -101,7 +102,7 @@ def post_backlog(data_dir: Path, count: int) -> float:
 def write_backlog(data_dir: Path, count: int) -> None:
     """`count` events with the real SpoolWriter (for the 1M-event RSS run)."""
     events = [encode_event(event) for event in event_stream(min(count, 50_000))]
-    writer = SpoolWriter(data_dir / "spool")
+    writer = SpoolWriter(DataDir(data_dir).spool)
     written = 0
     while written < count:
         batch = events[: min(1000, count - written)]

@@ -10,7 +10,6 @@ leaves one row per event.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,10 +17,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tap_vero_webhook.payloads import encode_event
-from tap_vero_webhook.spool import SpoolWriter
-from tests.conftest import TAP
-from tests.test_end_to_end import MELTANO, ROOT, TARGET_POSTGRES, ensure_plugins_installed
+from tap_vero_webhook.data_dir import DataDir
+from tap_vero_webhook.listener.payloads import encode_event
+from tap_vero_webhook.spool.local import SpoolWriter
+from tests.helpers import (
+    MELTANO,
+    ROOT,
+    TAP,
+    TARGET_POSTGRES,
+    closed_hub_env,
+    ensure_plugins_installed,
+)
 from tests.vero_events import event_stream, make_event
 
 pytestmark = pytest.mark.postgres
@@ -48,7 +54,7 @@ def awkward_events() -> list[dict]:
 @pytest.fixture(scope="module")
 def tap_output(tmp_path_factory) -> Path:
     """The tap's output over 2,500 events (so several batches of 1,000)."""
-    env = {**os.environ, "MELTANO_HUB_URL": "http://127.0.0.1:9", "UV_COMPILE_BYTECODE": "1"}
+    env = {**closed_hub_env(), "UV_COMPILE_BYTECODE": "1"}
     ensure_plugins_installed(env)
     if not TARGET_VERO_POSTGRES.exists():  # installed before meltano.yml named it: `make plugins`
         subprocess.run(
@@ -59,7 +65,7 @@ def tap_output(tmp_path_factory) -> Path:
             timeout=900,
         )
     work = tmp_path_factory.mktemp("load-path")
-    writer = SpoolWriter(work / "data" / "spool")
+    writer = SpoolWriter(DataDir(work / "data").spool)
     events = awkward_events() + event_stream(2_496)
     for first in range(0, len(events), 100):
         writer.append([encode_event(event) for event in events[first : first + 100]])
