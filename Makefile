@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export UV_PYTHON := $(BIN)/python
+# Compile .pyc at install time (uv does not by default): otherwise every run under
+# PYTHONDONTWRITEBYTECODE, or from a venv its user cannot write, compiles every module
+# it imports again, seconds per `meltano run` (docs/load-path.md).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: setup plugins system-packages run test bench lint clean
 
@@ -17,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano into .venv
 
-.meltano/.installed: $(VENV)/.installed meltano.yml
+.meltano/.installed: $(VENV)/.installed meltano.yml loader/pyproject.toml
 	$(BIN)/meltano install
 	touch $@
 

@@ -1,0 +1,1 @@
+"""target-postgres with a faster load path; see target.py."""
