@@ -106,6 +106,7 @@ def main() -> int:
                         print(
                             f"round {round_index + 1} {name:<10} {run['requests_per_s']:8.0f} "
                             f"req/s  p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
+                            f"cpu {run['cpu_ms_per_request']:.2f} ms/req  "
                             f"failures {run['failures']}",
                             flush=True,
                         )

@@ -17,10 +17,13 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 log = logging.getLogger("tap_vero_webhook.nats")
@@ -29,6 +32,9 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 """One connection attempt to one server."""
 FIRST_CONNECT_SECONDS = 20.0
 """How long to keep trying the servers at start before giving up with a clear error."""
+
+
+STREAM_FULL = 10077  # err_code: "maximum bytes/messages exceeded" (discard: new)
 
 
 class NatsUnavailable(Exception):
@@ -107,3 +113,33 @@ class NatsConnection:
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+"""What a publish or an API call can meet while the cluster elects a leader or a server
+restarts: worth another try."""
+
+
+async def with_retries(operation: Callable, seconds: float):
+    """`await operation()`, tried again on transient errors for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT as exc:
+            if getattr(exc, "err_code", None) == STREAM_FULL:
+                raise  # not transient: a full stream stays full until the tap catches up
+            if time.monotonic() + delay > deadline:
+                raise NatsUnavailable(f"{type(exc).__name__} {exc}".strip()) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)

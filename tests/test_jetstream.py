@@ -16,8 +16,10 @@ import pytest
 import requests
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from tap_vero_webhook.spool.jetstream import EVENTS_PER_MESSAGE
+from tap_vero_webhook.location import Location
+from tap_vero_webhook.spool.jetstream import EVENTS_PER_MESSAGE, JetStreamSource
 from tests.helpers import (
+    TAP,
     VERO_WEBHOOK,
     NatsCluster,
     assert_error,
@@ -26,6 +28,7 @@ from tests.helpers import (
     running_listener,
     state_at,
     stream_info,
+    tap_config,
     wait_for,
 )
 from tests.vero_events import event_stream, make_event
@@ -141,6 +144,31 @@ def test_events_accepted_while_the_tap_runs_are_loaded_now_or_next_time(cluster,
         emitted += tap_over(tmp_path, cluster, stream, state=state).keys
     assert len(posted) > 0
     assert emitted == posted  # each acknowledged event exactly once, in commit order
+
+
+def test_a_run_waits_while_another_holds_the_lease_and_then_reads(cluster, tmp_path):
+    """One tap run at a time: while a run holds the stream's lease, the next one waits
+    (here the holder lets go after 3 s; a killed run's lease lapses within 30 s)."""
+    stream = "lease"
+    token, _ = js_token(cluster, stream)
+    with js_listener(tmp_path, cluster, stream, "web-1") as listener:
+        listener.tokens.append(token)
+        ids = listener.post(event_stream(4)).json()["ids"]
+    holder = JetStreamSource(Location(url=cluster.url, stream=stream))
+    config = tap_config(tmp_path, None, spool_url=cluster.url, spool_stream=stream)
+    try:
+        with holder.exclusive_run():
+            waiting = subprocess.Popen(
+                [TAP, "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            time.sleep(3)
+            assert waiting.poll() is None, "the second run did not wait for the lease"
+        output, errors = waiting.communicate(timeout=120)
+    finally:
+        holder.close()
+    assert waiting.returncode == 0, errors.decode()[-2000:]
+    records = [json.loads(line) for line in output.splitlines() if b'"RECORD"' in line]
+    assert [record["record"]["__sdc_primary_key"] for record in records] == ids
 
 
 def test_a_bookmark_from_a_recreated_stream_is_refused_before_anything_is_emitted(

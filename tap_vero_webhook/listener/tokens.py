@@ -145,20 +145,27 @@ class TokenBucket:
         self.bucket_name = f"{location.stream}_tokens"
         self.connection = NatsConnection(parse_spool_url(location.url), "vero-webhook tokens")
         try:
-            self.bucket = self._call(self._open_bucket())
-            self._revision, self._records = self._call(self._read())
+            self.bucket = self._call(self._open_bucket)
+            self._revision, self._records = self._call(self._read)
         except Exception:
             self.connection.close()
             raise
         self._refresher = self.connection.submit(self._refresh_often()) if refresh else None
 
-    def _call(self, coroutine):
-        from tap_vero_webhook.jetstream_client import NatsUnavailable
+    def _call(self, operation: Callable):
+        """`await operation()` on the connection's loop, tried again while the cluster
+        settles (a bucket just created, a leader being elected); any failure a
+        `TokenError` that says what failed."""
+        from tap_vero_webhook.jetstream_client import with_retries
 
+        seconds = self.location.publish_timeout
         try:
-            return self.connection.call(coroutine, self.location.publish_timeout + 10)
-        except NatsUnavailable as exc:
-            raise TokenError(f"the token bucket {self.bucket_name}: {exc}") from None
+            return self.connection.call(with_retries(operation, seconds), seconds + 10)
+        except TokenError:
+            raise
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            raise TokenError(f"the token bucket {self.bucket_name}: {reason}") from None
 
     async def _open_bucket(self):
         import nats.js.errors
@@ -200,7 +207,7 @@ class TokenBucket:
         return self._records
 
     def change_records(self, change: Callable[[list[TokenRecord]], list[TokenRecord]]) -> None:
-        self._call(self._change(change))
+        self._call(lambda: self._change(change))
 
     async def _change(self, change) -> None:
         import nats.js.errors
@@ -218,7 +225,7 @@ class TokenBucket:
                 continue  # another create or revoke came first: read again, decide again
 
     def last_used(self) -> dict[str, str]:
-        return self._call(self._last_used())
+        return self._call(self._last_used)
 
     async def _last_used(self) -> dict[str, str]:
         import nats.js.errors
@@ -237,7 +244,7 @@ class TokenBucket:
 
     def save_last_used(self, listener_id: str, used: dict[str, str]) -> None:
         value = json.dumps(used).encode()
-        self._call(self.bucket.put(f"{self.LAST_USED}{listener_id}", value))
+        self._call(lambda: self.bucket.put(f"{self.LAST_USED}{listener_id}", value))
 
     def close(self) -> None:
         if self._refresher is not None:
@@ -267,6 +274,10 @@ class TokenStore:
         made: list[TokenRecord] = []
 
         def add(records: list[TokenRecord]) -> list[TokenRecord]:
+            ours = [record for record in records if record.sha256 == token_digest(secret)]
+            if ours:  # a change retried after its first try was stored: nothing to add
+                made[:] = ours
+                return records
             active = [record for record in records if record.active]
             if len(active) >= MAX_ACTIVE_TOKENS:
                 ids = ", ".join(record.id for record in active)
@@ -289,6 +300,8 @@ class TokenStore:
 
         def revoke_it(records: list[TokenRecord]) -> list[TokenRecord]:
             for index, record in enumerate(records):
+                if revoked and record == revoked[0]:  # retried after its first try was stored
+                    return records
                 if record.id == token_id and record.active:
                     revoked[:] = [
                         TokenRecord(record.id, record.sha256, record.created_at, utc_now())

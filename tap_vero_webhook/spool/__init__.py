@@ -26,7 +26,9 @@ What both promise:
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ __all__ = [
     "ENVELOPE",
     "STAMPED",
     "BookmarkNotInSpool",
+    "EventIds",
     "SpoolBusy",
     "SpoolCorrupt",
     "SpoolError",
@@ -70,6 +73,27 @@ class Stamp:
     seq: int
     id: str
     received_at: str
+
+
+class EventIds:
+    """Random (version 4) UUIDs for accepted events, from a pool of random bytes refilled
+    4096 ids at a time: a getrandom per request would hand the GIL around once more per
+    request. Not thread-safe: its owner calls it under its own lock."""
+
+    POOL_BYTES = 16 * 4096
+
+    def __init__(self) -> None:
+        self._pool, self._offset = b"", 0
+
+    def take(self, count: int) -> list[str]:
+        ids = []
+        for _ in range(count):
+            if self._offset >= len(self._pool):
+                self._pool, self._offset = os.urandom(self.POOL_BYTES), 0
+            chunk = self._pool[self._offset : self._offset + 16]
+            self._offset += 16
+            ids.append(str(uuid.UUID(bytes=chunk, version=4)))
+        return ids
 
 
 # --- errors --------------------------------------------------------------------------------

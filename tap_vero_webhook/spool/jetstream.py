@@ -5,16 +5,16 @@ listeners write to one stream; an acknowledged event survives the loss of a
 machine; the tap runs anywhere that reaches the cluster. Read top-down:
 
 **Format.** One stream (default `vero_webhook`), subjects
-``<stream>.events.<listener id>``. One message per accepted request, holding its
-events as `STAMPED` lines, in the order they were posted; the message's
+``<stream>.events.<listener id>``. Each message holds the events of one or more
+accepted requests as `STAMPED` lines, in the order they were accepted; its
 ``Nats-Msg-Id`` is the id of its first event. A reader turns each event into an
 `ENVELOPE` line whose sequence number is derived from the stream's::
 
-    _sdc_webhook_sequence = stream sequence * 1,000,000 + the event's place in its request
+    _sdc_webhook_sequence = stream sequence * 1,000,000 + the event's place in its message
 
 so it strictly increases across all listeners, in the order the stream committed
-the requests (one request holds at most `EVENTS_PER_MESSAGE` events, and far
-fewer fit in a message anyway).
+the events (one message holds at most `EVENTS_PER_MESSAGE` events, and far fewer
+fit in a message anyway).
 
 **The stream's settings.** Created if missing: file storage, `replicas` copies
 (3 by default), `discard: new` (a full stream refuses new events, 503, rather than
@@ -23,10 +23,12 @@ stream that exists already is used as it is, unless a setting of it could drop
 events the tap has not loaded yet: then it is refused, naming the setting.
 
 **The writer** (`JetStreamWriter`, the listener's face). A request thread queues
-its message and sleeps; the connection's loop takes every message queued so far
-and publishes them together (one flush, their acks awaited concurrently), then
-wakes each caller once its message is acknowledged, which JetStream does once a
-quorum of the stream's servers has stored it. A publish that gets no ack (a
+its events and sleeps; the connection's loop packs every request queued so far
+into as few messages as fit (group commit: while `MESSAGES_IN_FLIGHT` messages
+await their acks, new requests queue up), publishes them, and wakes each caller
+once the message carrying its events is acknowledged, which JetStream does once a
+quorum of the stream's servers has stored it. A request's events always travel in
+one message, so an array is stored whole or not at all. A publish that gets no ack (a
 leader election takes seconds) is retried with the same ``Nats-Msg-Id``, which
 JetStream deduplicates, for up to `publish_timeout` seconds; then the request
 gets 503.
@@ -53,7 +55,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,11 +74,17 @@ from nats.js.api import (
     StreamInfo,
 )
 
-from tap_vero_webhook.jetstream_client import NatsConnection, NatsUnavailable
+from tap_vero_webhook.jetstream_client import (
+    STREAM_FULL,
+    NatsConnection,
+    NatsUnavailable,
+    with_retries,
+)
 from tap_vero_webhook.location import Location, parse_spool_url
 from tap_vero_webhook.spool import (
     STAMPED,
     BookmarkNotInSpool,
+    EventIds,
     SpoolError,
     SpoolFull,
     SpoolNotFound,
@@ -100,8 +107,10 @@ ATTEMPT_SECONDS = 2.0
 """How long one publish waits for its ack before it is sent again (same Nats-Msg-Id)."""
 DUPLICATE_WINDOW_SECONDS = 120.0
 """JetStream's deduplication window: retries of one request must all fall inside it."""
-STREAM_FULL = 10077  # err_code: "maximum bytes/messages exceeded" (discard: new)
 MESSAGE_TOO_LARGE = 10054  # err_code: "message size exceeds maximum allowed"
+MESSAGES_IN_FLIGHT = 2
+"""Messages a writer has waiting for their acks at most; requests arriving meanwhile queue
+up and share the next message (fewer round trips per request)."""
 LEASE_SECONDS = 30
 """How long a tap run's lease outlives the run if it dies without letting go."""
 FETCH_BATCH = 1000
@@ -121,36 +130,6 @@ def spool_id_of(info: StreamInfo) -> str:
     if created is None:  # pragma: no cover - every server since 2.2 sends it
         raise SpoolError(f"the stream {info.config.name} reports no creation time")
     return f"{info.config.name}@{created.astimezone(UTC).isoformat()}"
-
-
-TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    asyncio.TimeoutError,
-)
-"""What a publish or an API call can meet while the cluster elects a leader or a server
-restarts: worth another try."""
-
-
-async def _with_retries(operation: Callable, seconds: float):
-    """`await operation()`, tried again on transient errors for up to `seconds`."""
-    deadline = time.monotonic() + seconds
-    delay = 0.05
-    while True:
-        try:
-            return await operation()
-        except TRANSIENT as exc:
-            if getattr(exc, "err_code", None) == STREAM_FULL:
-                raise  # not transient: the stream stays full until the tap catches up
-            if time.monotonic() + delay > deadline:
-                raise NatsUnavailable(f"{type(exc).__name__} {exc}".strip()) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
 
 # --- the stream's settings -----------------------------------------------------------------
@@ -238,7 +217,7 @@ async def ensure_stream(connection: NatsConnection, location: Location) -> Strea
                 f"cannot create the stream {location.stream}: {exc.description}"
             ) from None
 
-    info = await _with_retries(find_or_create, location.publish_timeout)
+    info = await with_retries(find_or_create, location.publish_timeout)
     problems = unsafe_settings(info.config, location)
     if problems:
         raise SpoolMisconfigured(
@@ -254,12 +233,32 @@ async def ensure_stream(connection: NatsConnection, location: Location) -> Strea
 
 @dataclass
 class _Publication:
+    """One request's events, waiting for the message that carries them to be acked."""
+
     data: bytes
-    msg_id: str
+    first_id: str
     events: int
     waiter: threading.Lock = field(default_factory=threading.Lock)
-    seq: int | None = None
+    seq: int | None = None  # the sequence number of its first event, once acked
     error: SpoolError | None = None
+
+
+def _messages(queued: list[_Publication], limit: int) -> Iterator[list[_Publication]]:
+    """The queued requests packed, in order, into messages of at most `limit` bytes and
+    `EVENTS_PER_MESSAGE` events (a request alone fits: `append` checked)."""
+    message: list[_Publication] = []
+    size = events = 0
+    for publication in queued:
+        if message and (
+            size + len(publication.data) > limit or events + publication.events > EVENTS_PER_MESSAGE
+        ):
+            yield message
+            message, size, events = [], 0, 0
+        message.append(publication)
+        size += len(publication.data)
+        events += publication.events
+    if message:
+        yield message
 
 
 class JetStreamWriter:
@@ -293,6 +292,7 @@ class JetStreamWriter:
         """The largest message body this writer can publish (the server's max_payload, or
         the stream's max_msg_size, less room for headers)."""
         self._lock = threading.Lock()
+        self._ids = EventIds()
         self._queue: collections.deque[_Publication] = collections.deque()
         self._drainer_idle = True
         self._wake = asyncio.Event()
@@ -305,8 +305,9 @@ class JetStreamWriter:
             raise SpoolTooLarge(
                 EVENTS_PER_MESSAGE, f"one request may hold at most {EVENTS_PER_MESSAGE} events"
             )
-        now = utc_now()
-        ids = [str(uuid.uuid4()) for _ in encoded_events]
+        with self._lock:
+            now = utc_now()
+            ids = self._ids.take(len(encoded_events))
         stamp = now.encode()
         data = b"".join(
             STAMPED % (stamp, event_id.encode(), self._listener, event)
@@ -329,56 +330,67 @@ class JetStreamWriter:
             raise SpoolUnavailable("JetStream did not answer in time; retry later")
         if publication.error is not None:
             raise publication.error
-        base = publication.seq * EVENTS_PER_MESSAGE
-        return [Stamp(base + index, event_id, now) for index, event_id in enumerate(ids)]
+        return [Stamp(publication.seq + index, event_id, now) for index, event_id in enumerate(ids)]
 
     async def _drain(self) -> None:
-        """The loop's side: publish every queued message together, as each wake-up finds
-        them (the group commit of the JetStream spool)."""
+        """The loop's side, JetStream's group commit: while `MESSAGES_IN_FLIGHT` messages
+        wait for their acks, requests queue up; then every request queued so far goes out
+        together, packed into as few messages as fit, and each caller wakes once the
+        message that carries its events is acked."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             while True:
+                if len(self._in_flight) >= MESSAGES_IN_FLIGHT:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 with self._lock:
-                    batch = list(self._queue)
+                    queued = list(self._queue)
                     self._queue.clear()
-                    if not batch:
+                    if not queued:
                         self._drainer_idle = True
                         break
-                for publication in batch:
-                    task = asyncio.ensure_future(self._publish(publication))
+                for message in _messages(queued, self.max_entry_bytes):
+                    task = asyncio.ensure_future(self._publish(message))
                     self._in_flight.add(task)
                     task.add_done_callback(self._in_flight.discard)
                 await asyncio.sleep(0)
 
-    async def _publish(self, publication: _Publication) -> None:
+    async def _publish(self, message: list[_Publication]) -> None:
         started = time.perf_counter()
+        data = b"".join(publication.data for publication in message)
+        error: SpoolError | None = None
         try:
 
             async def publish_once():
                 return await self.connection.js.publish(
                     self._subject,
-                    publication.data,
+                    data,
                     timeout=ATTEMPT_SECONDS,
                     stream=self.location.stream,
-                    headers={"Nats-Msg-Id": publication.msg_id},
+                    headers={"Nats-Msg-Id": message[0].first_id},
                 )
 
-            ack = await _with_retries(publish_once, self.location.publish_timeout)
-            publication.seq = ack.seq
+            ack = await with_retries(publish_once, self.location.publish_timeout)
         except nats.js.errors.APIError as exc:
-            publication.error = _api_error(exc, self.max_entry_bytes)
+            error = _api_error(exc, self.max_entry_bytes)
         except NatsUnavailable as exc:
-            publication.error = SpoolUnavailable(
+            error = SpoolUnavailable(
                 f"JetStream did not acknowledge within {self.location.publish_timeout:g} s ({exc})"
             )
         except Exception as exc:  # a request must get its 503, never hang or 500
             log.warning("publishing to JetStream failed", exc_info=True)
-            publication.error = SpoolUnavailable(f"JetStream: {type(exc).__name__}")
-        finally:
+            error = SpoolUnavailable(f"JetStream: {type(exc).__name__}")
+        seq = None if error else ack.seq * EVENTS_PER_MESSAGE
+        for publication in message:
+            publication.error = error
+            publication.seq = seq
+            if seq is not None:
+                seq += publication.events
             publication.waiter.release()
-        if publication.seq is not None and self._on_commit is not None:
-            self._on_commit(publication.events, time.perf_counter() - started)
+        if error is None and self._on_commit is not None:
+            events = sum(publication.events for publication in message)
+            self._on_commit(events, time.perf_counter() - started)
 
     def writable(self) -> bool:
         return self.connection.connected
@@ -446,7 +458,7 @@ class JetStreamSource:
                     "spool_stream must be the listeners' --spool-stream"
                 ) from None
 
-        return await _with_retries(fetch, self.location.publish_timeout)
+        return await with_retries(fetch, self.location.publish_timeout)
 
     # one run at a time
 
@@ -466,39 +478,48 @@ class JetStreamSource:
         finally:
             renewal.cancel()
             try:
-                self._call(bucket.purge("run"))
+                self._call(with_retries(lambda: bucket.purge("run"), LEASE_SECONDS / 3))
             except SpoolError:
                 log.warning("the tap's lease was not given back; it lapses by itself")
 
     async def _lease_bucket(self):
         js = self.connection.js
         name = f"{self.location.stream}_tap"
-        try:
-            return await js.key_value(name)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=name,
-                history=1,
-                replicas=self.info.config.num_replicas or 1,
-                storage=StorageType.FILE,
-            )
-            return await js.create_key_value(config)
+
+        async def find_or_create():
+            try:
+                return await js.key_value(name)
+            except nats.js.errors.BucketNotFoundError:
+                config = KeyValueConfig(
+                    bucket=name,
+                    history=1,
+                    replicas=self.info.config.num_replicas or 1,
+                    storage=StorageType.FILE,
+                )
+                return await js.create_key_value(config)
+
+        return await with_retries(find_or_create, self.location.publish_timeout)
 
     async def _take_lease(self, bucket, holder: bytes) -> int:
         deadline = time.monotonic() + LEASE_SECONDS + 5
         while True:
             try:
-                return await bucket.create("run", holder, msg_ttl=LEASE_SECONDS)
+                return await with_retries(
+                    lambda: bucket.create("run", holder, msg_ttl=LEASE_SECONDS),
+                    self.location.publish_timeout,
+                )
             except nats.js.errors.KeyWrongLastSequenceError:
+                try:
+                    held = await bucket.get("run")
+                except nats.js.errors.KeyNotFoundError:
+                    continue  # it lapsed or was given back meanwhile
+                if held.value == holder:  # ours: a first try stored, its answer lost
+                    return held.revision
                 if time.monotonic() > deadline:
-                    try:
-                        held = (await bucket.get("run")).value.decode()
-                    except nats.js.errors.KeyNotFoundError:
-                        continue
                     raise TapAlreadyRunning(
                         f"another tap-vero-webhook run holds the lease on the stream "
-                        f"{self.location.stream} ({held}); overlapping runs are refused, "
-                        "the next scheduled run picks up from here"
+                        f"{self.location.stream} ({held.value.decode()}); overlapping runs "
+                        "are refused, the next scheduled run picks up from here"
                     ) from None
                 await asyncio.sleep(1)
 
@@ -573,14 +594,14 @@ class JetStreamSource:
                 "", stream=self.location.stream, config=config
             )
 
-        return await _with_retries(subscribe, self.location.publish_timeout)
+        return await with_retries(subscribe, self.location.publish_timeout)
 
     async def _fetch(self, subscription) -> list[tuple[int, bytes]]:
         async def fetch():
             messages = await subscription.fetch(FETCH_BATCH, timeout=5)
             return [(message.metadata.sequence.stream, message.data) for message in messages]
 
-        return await _with_retries(fetch, self.location.publish_timeout)
+        return await with_retries(fetch, self.location.publish_timeout)
 
     async def _drop_consumer(self, subscription) -> None:
         try:

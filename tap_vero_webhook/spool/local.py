@@ -50,7 +50,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from tap_vero_webhook.locks import LockFile
 from tap_vero_webhook.spool import (
     ENVELOPE,
     BookmarkNotInSpool,
+    EventIds,
     SpoolBusy,
     SpoolCorrupt,
     SpoolNotFound,
@@ -98,7 +98,6 @@ QUARANTINE_SUBDIR = "quarantine"
 WRITER_LOCK = "writer.lock"
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
-ID_POOL_BYTES = 16 * 4096
 
 _SEQ_PREFIX = b'{"seq":'
 DEFAULT_LISTENER_ID = "local"
@@ -295,7 +294,7 @@ class SpoolWriter:
         with self._commit_lock.exclusive():
             self._open_newest_segment()
         self._lock = threading.Lock()
-        self._id_pool, self._id_pool_offset = b"", 0
+        self._ids = EventIds()
         self._open_batch = self._new_batch()
         self._work = threading.Condition(self._lock)
         self._writer_idle = False
@@ -320,18 +319,6 @@ class SpoolWriter:
         self._next_seq = first_seq if last_seq is None else last_seq + 1
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
-    def _new_ids(self, count: int) -> list[str]:
-        """Random (version 4) UUIDs from a pool refilled 4096 at a time (call under the lock):
-        a getrandom per request would hand the GIL around once more per request."""
-        ids = []
-        for _ in range(count):
-            if self._id_pool_offset >= len(self._id_pool):
-                self._id_pool, self._id_pool_offset = os.urandom(ID_POOL_BYTES), 0
-            chunk = self._id_pool[self._id_pool_offset : self._id_pool_offset + 16]
-            self._id_pool_offset += 16
-            ids.append(str(uuid.UUID(bytes=chunk, version=4)))
-        return ids
-
     def _new_batch(self) -> _Batch:
         return _Batch(first_seq=self._next_seq)
 
@@ -347,7 +334,7 @@ class SpoolWriter:
         """
         with self._lock:
             now = utc_now()  # under the lock: received_at follows seq order
-            ids = self._new_ids(len(encoded_events))
+            ids = self._ids.take(len(encoded_events))
             batch = self._open_batch
             seq = self._next_seq
             stamps = []
