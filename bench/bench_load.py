@@ -49,9 +49,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tap_vero_webhook.data_dir import DataDir  # noqa: E402
-from tap_vero_webhook.listener.payloads import encode_event  # noqa: E402
-from tap_vero_webhook.spool.local import SpoolWriter  # noqa: E402
+from bench.bench_tap import build_spool  # noqa: E402
 from tests.helpers import PG_DSN, create_token, start_listener  # noqa: E402
 from tests.vero_events import event_stream  # noqa: E402
 
@@ -97,18 +95,6 @@ def post_backlog(data_dir: Path, count: int) -> float:
     finally:
         listener.stop()
     return time.perf_counter() - started
-
-
-def write_backlog(data_dir: Path, count: int) -> None:
-    """`count` events with the real SpoolWriter (for the 1M-event RSS run)."""
-    events = [encode_event(event) for event in event_stream(min(count, 50_000))]
-    writer = SpoolWriter(DataDir(data_dir).spool)
-    written = 0
-    while written < count:
-        batch = events[: min(1000, count - written)]
-        writer.append(batch)
-        written += len(batch)
-    writer.close()
 
 
 # --- processes, their time and memory ------------------------------------------------
@@ -500,7 +486,7 @@ def idle_run(projects: Projects, schema: str, state_suffix: str) -> Run:
 
 def rss_run(count: int, work: Path, dsn: str, warehouse: Warehouse) -> dict:
     data_dir = work / "data-rss"
-    write_backlog(data_dir, count)
+    build_spool(data_dir, count)
     projects = Projects(work / "rss", data_dir, dsn)
     schema = warehouse.new_schema()
     variant = next(name for name in VARIANTS if name.startswith("shipped"))

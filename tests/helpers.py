@@ -565,6 +565,23 @@ def running_jobs(env: dict[str, str], state_id: str = POSTGRES_STATE_ID) -> int:
         ).fetchone()[0]
 
 
+def target_postgres_config(dsn: str, schema: str, **settings) -> dict:
+    """A target-postgres config (plain Singer piping) for `dsn` and `schema`, with the
+    shipped loader's settings and `settings`."""
+    params = conninfo_to_dict(dsn)
+    return {
+        "host": str(params.get("host", "127.0.0.1")),
+        "port": int(params.get("port", 5432)),
+        "user": str(params.get("user", "postgres")),
+        "password": str(params.get("password", "")),
+        "database": str(params.get("dbname", "postgres")),
+        "default_target_schema": schema,
+        "use_copy": True,
+        "validate_records": False,
+        **settings,
+    }
+
+
 def target_postgres_env(dsn: str, schema: str) -> dict[str, str]:
     """target-postgres' settings, the Meltano way, for `dsn` and `schema`."""
     params = conninfo_to_dict(dsn)

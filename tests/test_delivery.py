@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from tap_vero_webhook.spool.local import SpoolWriter
 from tests.helpers import (
+    PG_DSN,
     TAP,
     create_token,
     installed_target_postgres,
@@ -36,6 +37,7 @@ from tests.helpers import (
     running_listener,
     spooled,
     start_listener,
+    target_postgres_config,
 )
 from tests.vero_events import EVENT_TYPES, make_event
 
@@ -158,21 +160,8 @@ class Pipeline:
         tap = self.work / "tap.json"
         tap.write_text(json.dumps({"data_dir": str(self.data_dir)}))
         target = self.work / "target.json"
-        target.write_text(
-            json.dumps(
-                {
-                    "host": "127.0.0.1",
-                    "port": 5432,
-                    "user": "postgres",
-                    "password": "",
-                    "database": "test",
-                    "default_target_schema": self.schema,
-                    "use_copy": True,
-                    "validate_records": False,
-                    "batch_size_rows": 1000,
-                }
-            )
-        )
+        config = target_postgres_config(PG_DSN, self.schema, batch_size_rows=1000)
+        target.write_text(json.dumps(config))
         return tap, target
 
     def start(self, state: dict | None) -> tuple[subprocess.Popen, subprocess.Popen]:

@@ -22,11 +22,13 @@ from tap_vero_webhook.listener.payloads import encode_event
 from tap_vero_webhook.spool.local import SpoolWriter
 from tests.helpers import (
     MELTANO,
+    PG_DSN,
     ROOT,
     TAP,
     TARGET_POSTGRES,
     closed_hub_env,
     ensure_plugins_installed,
+    target_postgres_config,
 )
 from tests.vero_events import event_stream, make_event
 
@@ -95,21 +97,7 @@ def schemas(pg_dsn):
 
 def load(target: Path, tap_output: Path, schema: str, work: Path) -> None:
     config = work / f"{schema}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "host": "127.0.0.1",
-                "port": 5432,
-                "user": "postgres",
-                "password": "",
-                "database": "test",
-                "default_target_schema": schema,
-                "use_copy": True,
-                "validate_records": False,
-                "batch_size_rows": 1000,
-            }
-        )
-    )
+    config.write_text(json.dumps(target_postgres_config(PG_DSN, schema, batch_size_rows=1000)))
     with open(tap_output, "rb") as stdin:
         done = subprocess.run(
             [str(target), "--config", str(config)],
