@@ -59,10 +59,10 @@ class Location:
     segment_max_bytes: int | None = None
     lock_wait_seconds: float = 0
     # JetStream
-    replicas: int = 3
+    replicas: int = 3  # copies of each event (and of the key-value buckets)
     max_bytes: int = -1
     max_age_seconds: float = 0
-    publish_timeout: float = 15
+    publish_timeout: int = 15  # seconds a publish or an API call may keep retrying
 
     @property
     def replicated(self) -> bool:

@@ -18,7 +18,7 @@ from tap_vero_webhook.listener.rejects import (
     DEFAULT_RETENTION_DAYS,
 )
 from tap_vero_webhook.location import DEFAULT_STREAM, Location, check_jetstream
-from tap_vero_webhook.settings import SettingError, setting
+from tap_vero_webhook.settings import SettingError, default_of, setting
 from tap_vero_webhook.spool import LISTENER_ID
 from tap_vero_webhook.spool.local import DEFAULT_SEGMENT_MAX_BYTES
 
@@ -79,7 +79,7 @@ class ListenerSettings:
         DEFAULT_STREAM, "The JetStream stream of the spool (with --spool-url)."
     )
     spool_replicas: int = setting(
-        3,
+        default_of(Location, "replicas"),
         "Copies JetStream keeps of each event, when this listener creates the stream "
         "(with --spool-url); an existing stream with fewer is refused.",
         minimum=1,
@@ -98,7 +98,7 @@ class ListenerSettings:
         minimum=0,
     )
     spool_publish_timeout: int = setting(
-        15,
+        default_of(Location, "publish_timeout"),
         "Seconds a request waits for JetStream to acknowledge its events (a leader "
         "election takes a few), with --spool-url; then it gets 503.",
         minimum=1,
