@@ -50,7 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_tap import build_spool  # noqa: E402
-from tests.helpers import PG_DSN, create_token, start_listener  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    PG_DSN,
+    closed_hub_env,
+    create_token,
+    postgres_connection,
+    start_listener,
+)
 from tests.vero_events import event_stream  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -233,25 +239,15 @@ def watched(argv: list[str], env: dict, cwd: Path, stdin=None, log: Path | None 
 class Projects:
     def __init__(self, work: Path, data_dir: Path, dsn: str) -> None:
         self.work = work
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-        self.params = params
-        inherited = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(("MELTANO_", "TAP_VERO_WEBHOOK_", "TARGET_"))
-            and name not in UNREALISTIC_ENV
+        self.dsn = dsn
+        connection = {
+            f"TARGET_POSTGRES_{name.upper()}": str(value)
+            for name, value in postgres_connection(dsn).items()
         }
         self.env = {
-            **inherited,
-            "MELTANO_HUB_URL": "http://127.0.0.1:9",
-            "MELTANO_HUB_API_ROOT": "http://127.0.0.1:9/meltano/api/v1",
-            "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+            **{k: v for k, v in closed_hub_env().items() if k not in UNREALISTIC_ENV},
             "TAP_VERO_WEBHOOK_DATA_DIR": str(data_dir),
-            "TARGET_POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-            "TARGET_POSTGRES_PORT": str(params.get("port", 5432)),
-            "TARGET_POSTGRES_USER": str(params.get("user", "postgres")),
-            "TARGET_POSTGRES_PASSWORD": str(params.get("password", "")),
-            "TARGET_POSTGRES_DATABASE": str(params.get("dbname", "postgres")),
+            **connection,
         }
         self.shipped = yaml.safe_load((ROOT / "meltano.yml").read_text())
         self.dirs: dict[str, Path] = {}
@@ -317,17 +313,13 @@ def psql(dsn: str, command: str) -> float:
 # --- the bench ------------------------------------------------------------------------
 
 
-def target_config(work: Path, params: dict, schema: str) -> Path:
+def target_config(work: Path, dsn: str, schema: str) -> Path:
     path = work / f"target-{schema}.json"
     shipped = yaml.safe_load((ROOT / "meltano.yml").read_text())
     loader = next(p for p in shipped["plugins"]["loaders"] if p["name"] == "target-postgres")
     config = {
         **loader.get("config", {}),
-        "host": str(params.get("host", "127.0.0.1")),
-        "port": int(params.get("port", 5432)),
-        "user": str(params.get("user", "postgres")),
-        "password": str(params.get("password", "")),
-        "database": str(params.get("dbname", "postgres")),
+        **postgres_connection(dsn),
         "default_target_schema": schema,
     }
     path.write_text(json.dumps(config))
@@ -413,7 +405,7 @@ def bench(args, projects: Projects, warehouse: Warehouse, work: Path, saved: Pat
             print(f"  round {round_number + 1}: psql \\copy: {copies[-1]:.2f} s", flush=True)
         for executable in alone:
             schema = warehouse.new_schema()
-            config = target_config(work, projects.params, schema)
+            config = target_config(work, projects.dsn, schema)
             with open(saved, "rb") as stdin:
                 run = watched(
                     [str(LOADER_BIN / executable), "--config", str(config)],

@@ -565,9 +565,8 @@ def running_jobs(env: dict[str, str], state_id: str = POSTGRES_STATE_ID) -> int:
         ).fetchone()[0]
 
 
-def target_postgres_config(dsn: str, schema: str, **settings) -> dict:
-    """A target-postgres config (plain Singer piping) for `dsn` and `schema`, with the
-    shipped loader's settings and `settings`."""
+def postgres_connection(dsn: str) -> dict:
+    """target-postgres' connection settings (host, port, user, password, database) for `dsn`."""
     params = conninfo_to_dict(dsn)
     return {
         "host": str(params.get("host", "127.0.0.1")),
@@ -575,6 +574,14 @@ def target_postgres_config(dsn: str, schema: str, **settings) -> dict:
         "user": str(params.get("user", "postgres")),
         "password": str(params.get("password", "")),
         "database": str(params.get("dbname", "postgres")),
+    }
+
+
+def target_postgres_config(dsn: str, schema: str, **settings) -> dict:
+    """A target-postgres config (plain Singer piping) for `dsn` and `schema`, with the
+    shipped loader's settings and `settings`."""
+    return {
+        **postgres_connection(dsn),
         "default_target_schema": schema,
         "use_copy": True,
         "validate_records": False,
@@ -584,15 +591,8 @@ def target_postgres_config(dsn: str, schema: str, **settings) -> dict:
 
 def target_postgres_env(dsn: str, schema: str) -> dict[str, str]:
     """target-postgres' settings, the Meltano way, for `dsn` and `schema`."""
-    params = conninfo_to_dict(dsn)
-    return {
-        "TARGET_POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-        "TARGET_POSTGRES_PORT": str(params.get("port", 5432)),
-        "TARGET_POSTGRES_USER": str(params.get("user", "postgres")),
-        "TARGET_POSTGRES_PASSWORD": str(params.get("password", "")),
-        "TARGET_POSTGRES_DATABASE": str(params.get("dbname", "postgres")),
-        "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema,
-    }
+    settings = {**postgres_connection(dsn), "default_target_schema": schema}
+    return {f"TARGET_POSTGRES_{name.upper()}": str(value) for name, value in settings.items()}
 
 
 @dataclass
