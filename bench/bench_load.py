@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_tap import build_spool  # noqa: E402
+from tap_vero_webhook import record_pipes  # noqa: E402
 from tests.helpers import (  # noqa: E402
     PG_DSN,
     closed_hub_env,
@@ -69,13 +70,18 @@ POST_BATCH = 500
 PARTS = ("meltano", "tap --discover", "tap", "target")
 SAMPLE_SECONDS = 0.05
 
-# name → (loader executable, loader config overrides); "shipped" is meltano.yml unchanged.
-VARIANTS: dict[str, tuple[str | None, dict]] = {
-    "before: stock target-postgres": ("target-postgres", {}),
-    "stock, batch_size_rows 100000": ("target-postgres", {"batch_size_rows": 100_000}),
-    "shipped: target-vero-postgres": (None, {}),
-    "target-vero-postgres, batch_size_rows 100000": (None, {"batch_size_rows": 100_000}),
+# A state like the one a pipeline's earlier runs left (no bookmark: the backlog is the
+# whole spool): target-vero-postgres' asks for record pipes, stock target-postgres' does not.
+EARLIER_STATE_VERO = record_pipes.with_request({})
+
+# name → (loader executable, loader config overrides, the state of earlier runs or None);
+# "shipped" is meltano.yml unchanged.
+VARIANTS: dict[str, tuple[str | None, dict, dict | None]] = {
+    "before: stock target-postgres": ("target-postgres", {}, None),
+    "shipped, a first run (no state: stdout)": (None, {}, None),
+    "shipped: record pipes (state of earlier runs)": (None, {}, EARLIER_STATE_VERO),
 }
+SHIPPED = "shipped: record pipes (state of earlier runs)"
 
 
 # --- the backlog ---------------------------------------------------------------------
@@ -257,7 +263,7 @@ class Projects:
         (state, run files) sharing the installed plugins."""
         if variant in self.dirs:
             return self.dirs[variant]
-        executable, overrides = VARIANTS[variant]
+        executable, overrides, _ = VARIANTS[variant]
         spec = json.loads(json.dumps(self.shipped))
         loader = next(p for p in spec["plugins"]["loaders"] if p["name"] == "target-postgres")
         if executable:
@@ -271,11 +277,24 @@ class Projects:
         self.dirs[variant] = project
         return project
 
-    def run(self, variant: str, schema: str, *, state_suffix: str) -> Run:
+    def run(self, variant: str, schema: str, *, state_suffix: str, fresh: bool = True) -> Run:
+        """`meltano run` of `variant` into `schema`; `fresh`: with the state its earlier
+        runs would have left (none, or the target's ask for record pipes)."""
         env = {**self.env, "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema}
+        project = self.project(variant)
+        earlier_state = VARIANTS[variant][2]
+        if fresh and earlier_state is not None:
+            state_id = f"prod:tap-vero-webhook-to-target-postgres:{state_suffix}"
+            state = json.dumps({"singer_state": earlier_state})
+            subprocess.run(
+                [str(BIN / "meltano"), "state", "set", "--force", state_id, state],
+                env=env,
+                cwd=project,
+                check=True,
+                capture_output=True,
+            )
         argv = [str(BIN / "meltano"), "run", "--state-id-suffix", state_suffix]
         argv += ["tap-vero-webhook", "target-postgres"]
-        project = self.project(variant)
         return watched(argv, env, project, log=self.work / "meltano.log")
 
 
@@ -386,7 +405,7 @@ def bench(args, projects: Projects, warehouse: Warehouse, work: Path, saved: Pat
             run = projects.run(name, schema, state_suffix=run_suffix)
             assert warehouse.count(schema) == args.events, name
             runs[name].append(run)
-            if reference is None and name.startswith("shipped"):
+            if reference is None and name == SHIPPED:
                 reference = schema
                 reference_suffix = run_suffix
                 psql(warehouse.dsn, f"\\copy {schema}.data TO '{rows_file}'")
@@ -472,8 +491,7 @@ def bench(args, projects: Projects, warehouse: Warehouse, work: Path, saved: Pat
 
 def idle_run(projects: Projects, schema: str, state_suffix: str) -> Run:
     """The shipped pipeline again on the reference schema, with its state: nothing new."""
-    variant = next(name for name in VARIANTS if name.startswith("shipped"))
-    return projects.run(variant, schema, state_suffix=state_suffix)
+    return projects.run(SHIPPED, schema, state_suffix=state_suffix, fresh=False)
 
 
 def rss_run(count: int, work: Path, dsn: str, warehouse: Warehouse) -> dict:
@@ -481,8 +499,7 @@ def rss_run(count: int, work: Path, dsn: str, warehouse: Warehouse) -> dict:
     build_spool(data_dir, count)
     projects = Projects(work / "rss", data_dir, dsn)
     schema = warehouse.new_schema()
-    variant = next(name for name in VARIANTS if name.startswith("shipped"))
-    run = projects.run(variant, schema, state_suffix=f"rss{uuid.uuid4().hex[:8]}")
+    run = projects.run(SHIPPED, schema, state_suffix=f"rss{uuid.uuid4().hex[:8]}")
     assert warehouse.count(schema) == count
     warehouse.drop(schema)
     peaks = {part: run.peak_mib(part) for part in ("meltano", "tap", "target")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
 
+from tap_vero_webhook import record_pipes
 from tap_vero_webhook.settings import SettingError
 from tap_vero_webhook.singer_output import BufferedMsgspecWriter
 from tap_vero_webhook.spool import SpoolError
@@ -37,14 +38,26 @@ class TapVeroWebhook(Tap):
             errors.append(str(exc))
         return errors
 
+    def load_state(self, state: dict) -> None:
+        """The SDK keeps the bookmarks; a target's ask for record pipes is noted here."""
+        super().load_state(state)
+        self.__dict__["_pipes_requested"] = record_pipes.requested(state)
+
     def sync_all(self) -> None:
         """A spool that cannot be read as asked (none there, another run on it, a state
-        from another spool) ends the run with its message, not a traceback."""
+        from another spool) or a target gone ends the run with its message, not a
+        traceback. Records go through pipes when the state's target asked for them."""
+        writer = self.message_writer
         try:
+            if self.__dict__.get("_pipes_requested"):
+                self.logger.info("records go through record pipes, as the target asked")
+                writer.send_records_through_pipes()
             super().sync_all()
-        except SpoolError as exc:
-            self.logger.error("%s", exc)
+        except (SpoolError, record_pipes.PipeError, BrokenPipeError) as exc:
+            self.logger.error("%s", exc if str(exc) else "the target stopped reading")
             raise SystemExit(1) from None
+        finally:
+            writer.end_pipes()
 
 
 if __name__ == "__main__":

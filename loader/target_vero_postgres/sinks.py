@@ -32,6 +32,7 @@ target-postgres' and the SDK's own code.
 from __future__ import annotations
 
 import datetime
+import decimal
 import time
 import typing as t
 
@@ -66,37 +67,75 @@ class CopySink(PostgresSink):
         plan = self._record_plan()
         if plan is None or not record.keys() <= plan.known:
             return False
-        if any(name not in record for name in plan.keys):
+        if not all(map(record.__contains__, plan.keys)):
             return False
-        context = self._get_context(record)
-        now = datetime.datetime.now(tz=datetime.UTC)
         row = list(map(record.get, plan.names))
-        # the values of upstream's _add_sdc_metadata_to_record, in METADATA's order, as
-        # datetimes where it writes ISO strings that the timestamp pass parses back
-        metadata = (
-            message.get("time_extracted"),
-            now,
-            context.get("batch_start_time") or now,
-            record.get("_sdc_deleted_at"),
-            round(time.time() * 1000),
-            message.get("version"),
-            self.sync_started_at,
-        )
-        for position, value in zip(plan.metadata, metadata, strict=True):
-            row[position] = value
-        for position in plan.datetimes:
-            value = row[position]
-            if type(value) is str:
-                value = self._parse_datelike(plan.names[position], value)
-            # sent as ISO text: what psycopg would send for the datetime, at a third of
-            # its cost per row (PostgreSQL parses it into the same timestamp)
-            row[position] = value.isoformat() if isinstance(value, datetime.datetime) else value
         for position, encode in plan.encoded:
             row[position] = encode(row[position])
-        self.tally_record_read()
-        self._add_row(context, tuple([record[name] for name in plan.keys]), row)
-        self.record_counter_metric.increment()
+        self._take_row(plan, row, message.get("time_extracted"), message.get("version"))
         return True
+
+    def take_record_line(self, line: bytes) -> bool:
+        """`take_record_message` for a RECORD line not decoded yet: decoded straight
+        into the row (JSONB values kept as the JSON text they are, so never built as
+        objects and encoded again). False (nothing taken) where that would be False,
+        or for a line that is not such a RECORD message."""
+        plan = self._record_plan()
+        if plan is None:
+            return False
+        try:
+            message = plan.line_decoder.decode(line)
+        except msgspec.ValidationError:  # an unknown field, or not a RECORD line
+            return False
+        if message.stream != self.stream_name:
+            return False
+        row = list(msgspec.structs.astuple(message.record))
+        if any(row[position] is msgspec.UNSET for position in plan.key_positions):
+            return False
+        for position, encode in plan.encoded_as_text:
+            row[position] = encode(row[position])
+        self._take_row(plan, row, message.time_extracted, message.version)
+        return True
+
+    def _take_row(self, plan: _RecordPlan, row: list, time_extracted, version) -> None:
+        """A record's row, its values in place, completed as upstream does: its
+        `_add_sdc_metadata_to_record`, in METADATA's order (its ISO strings, which the
+        timestamp pass parses back, go to COPY as ISO text: what psycopg would send for
+        the datetime at a third of its cost, parsed by PostgreSQL into the same
+        timestamp), then its timestamp pass."""
+        context = self._get_context({})  # the SDK's batch context (it ignores the record)
+        batch_text = context.get("batch_text")
+        if batch_text is None:  # once per batch: its start time, as ISO text
+            batch_start = context.get("batch_start_time")
+            batch_text = context["batch_text"] = batch_start and batch_start.isoformat()
+        now = datetime.datetime.now(tz=datetime.UTC).isoformat()
+        extracted, received, batched, deleted, sequence, table_version, started = plan.metadata
+        row[extracted] = self._timestamp_text("_sdc_extracted_at", time_extracted)
+        row[received] = now
+        row[batched] = batch_text or now
+        row[deleted] = self._timestamp_text("_sdc_deleted_at", row[deleted])
+        row[sequence] = round(time.time() * 1000)
+        row[table_version] = version
+        row[started] = self.sync_started_at
+        for position in plan.datetimes:
+            row[position] = self._timestamp_text(plan.names[position], row[position])
+        self.tally_record_read()
+        self._add_row(context, tuple([row[position] for position in plan.key_positions]), row)
+        self.record_counter_metric.increment()
+
+    def _timestamp_text(self, name: str, value: t.Any) -> t.Any:
+        """A date-time column's value as COPY gets it: a string parsed (as upstream
+        does) and sent as ISO text; the last one is remembered, since a record's
+        `time_extracted` and its arrival time are often one string."""
+        if type(value) is not str:
+            return value.isoformat() if isinstance(value, datetime.datetime) else value
+        last = self.__dict__.get("_last_timestamp")
+        if last is not None and last[0] == value:
+            return last[1]
+        parsed = self._parse_datelike(name, value)
+        text = parsed.isoformat() if isinstance(parsed, datetime.datetime) else parsed
+        self.__dict__["_last_timestamp"] = (value, text)
+        return text
 
     def _parse_datelike(self, name: str, value: str) -> t.Any:
         try:
@@ -301,14 +340,18 @@ METADATA = (
 
 
 class _RecordPlan(t.NamedTuple):
-    """How `take_record_message` builds a row, by position in COPY's column order."""
+    """How `take_record_message` and `take_record_line` build a row, by position in
+    COPY's column order."""
 
     known: frozenset[str]  # every field a record may carry (else: the SDK's path, which warns)
     keys: list[str]
+    key_positions: list[int]
     names: list[str]  # the columns, in COPY order
     metadata: list[int]  # where METADATA's values go
-    datetimes: list[int]  # date-time columns: ISO strings become datetimes
+    datetimes: list[int]  # date-time columns but METADATA's: ISO strings, parsed, as ISO text
     encoded: list[tuple[int, t.Callable[[t.Any], t.Any]]]  # JSONB and other bind processors
+    encoded_as_text: list[tuple[int, t.Callable[[t.Any], t.Any]]]  # the same for JSON text
+    line_decoder: msgspec.json.Decoder  # a RECORD line → its row's values, in COPY order
 
     @classmethod
     def for_sink(cls, sink: CopySink) -> _RecordPlan | None:
@@ -327,11 +370,57 @@ class _RecordPlan(t.NamedTuple):
         names = [name for name, _ in encoders]
         if not set(METADATA) <= set(names):
             return None
+        keys = list(sink.key_properties)
         return cls(
             known=frozenset(properties),
-            keys=list(sink.key_properties),
+            keys=keys,
+            key_positions=[names.index(name) for name in keys],
             names=names,
             metadata=[names.index(name) for name in METADATA],
-            datetimes=[i for i, name in enumerate(names) if kinds.get(name) == "date-time"],
+            datetimes=[
+                i
+                for i, name in enumerate(names)
+                if kinds.get(name) == "date-time" and name not in METADATA
+            ],
             encoded=[(i, encode) for i, (_, encode) in enumerate(encoders) if encode is not None],
+            encoded_as_text=[
+                (i, _json_text if encode is _encode_jsonb else encode)
+                for i, (_, encode) in enumerate(encoders)
+                if encode is not None
+            ],
+            line_decoder=_line_decoder(encoders, set(keys)),
         )
+
+
+def _json_text(value: msgspec.Raw) -> str:
+    return bytes(value).decode()
+
+
+def _line_decoder(encoders: list, keys: set[str]) -> msgspec.json.Decoder:
+    """A decoder of RECORD lines whose record becomes a struct with one field per column,
+    in COPY order (an unknown field fails it): JSONB columns as their JSON text (JSON
+    null when absent), key columns UNSET when absent, the others as the SDK's reader
+    decodes them (floats as Decimal)."""
+    fields = []
+    for position, (name, encode) in enumerate(encoders):
+        if encode is _encode_jsonb:
+            fields.append((f"c{position}", msgspec.Raw, msgspec.Raw(b"null")))
+        else:
+            fields.append((f"c{position}", t.Any, msgspec.UNSET if name in keys else None))
+    record = msgspec.defstruct(
+        "Record",
+        fields,
+        forbid_unknown_fields=True,
+        rename={f"c{position}": str(name) for position, (name, _) in enumerate(encoders)},
+    )
+    message = msgspec.defstruct(
+        "RecordMessage",
+        [
+            ("type", t.Literal["RECORD"]),
+            ("stream", str),
+            ("record", record),
+            ("time_extracted", t.Any, None),
+            ("version", t.Any, None),
+        ],
+    )
+    return msgspec.json.Decoder(message, float_hook=decimal.Decimal)

@@ -12,11 +12,24 @@ from __future__ import annotations
 import sys
 import typing as t
 
+from singer_sdk import typing as th
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.mapper import SameRecordTransform
 from target_postgres.target import TargetPostgres
 
+from tap_vero_webhook import record_pipes
 from target_vero_postgres.sinks import CopySink
+
+RECORD_PIPES = th.Property(
+    "record_pipes",
+    th.BooleanType,
+    default=True,
+    description=(
+        "Ask tap-vero-webhook, through the state this target emits, to send its records "
+        "through a named pipe instead of stdout from its next run on (the tap and this "
+        "target on one machine; about 2x faster under Meltano, docs/load-path.md)."
+    ),
+)
 
 
 class BinaryMsgSpecReader(MsgSpecReader):
@@ -33,6 +46,63 @@ class TargetVeroPostgres(TargetPostgres):
 
     default_sink_class = CopySink
     message_reader_class = BinaryMsgSpecReader
+    config_jsonschema = {
+        **TargetPostgres.config_jsonschema,
+        "properties": {
+            **TargetPostgres.config_jsonschema["properties"],
+            **RECORD_PIPES.to_dict(),
+        },
+    }
+
+    def _write_state_message(self, state: dict) -> None:
+        """The state, with the ask for record pipes unless `record_pipes` is off."""
+        if self.config.get("record_pipes", True):
+            state = record_pipes.with_request(state)
+        super()._write_state_message(state)
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """A record pipe's RECORD lines, each as if it had come on stdin; other BATCH
+        messages as the SDK reads them."""
+        if not record_pipes.is_pipe_batch(message_dict):
+            super()._process_batch_message(message_dict)
+            return
+        stream = message_dict["stream"]
+        for url in message_dict["manifest"]:
+            with record_pipes.open_for_reading(url, sys.stdin.fileno()) as lines:
+                count = self._take_record_lines(stream, lines)
+            self.logger.info("record pipe: %d records of '%s'", count, stream)
+
+    def _take_record_lines(self, stream: str, lines: t.Iterable[bytes]) -> int:
+        """`_process_record_message` for each line, its common case straight from the
+        line (`CopySink.take_record_line`; no SCHEMA message comes in between, so the
+        stream's sink and maps stay as they are)."""
+        decode = self.message_reader.deserialize_json
+        sink = self._copy_sink(stream)
+        count = 0
+        for line in lines:
+            if not line.endswith(b"\n"):
+                raise record_pipes.PipeError(
+                    f"the record pipe for {stream!r} ended in the middle of a record after "
+                    f"{count} records: the tap stopped (the batch is not committed)"
+                )
+            count += 1
+            if sink is None or not sink.take_record_line(line):
+                message = decode(line)
+                if message.get("type") != "RECORD" or message.get("stream") != stream:
+                    raise record_pipes.PipeError(
+                        f"a record pipe for {stream!r} carried something else: {line[:200]!r}"
+                    )
+                self._process_record_message(message)
+                continue
+            if sink.is_full:
+                self.logger.info(
+                    "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                    sink.stream_name,
+                    sink.current_size,
+                )
+                self.drain_one(sink)
+            self._handle_max_record_age()
+        return count
 
     def _process_record_message(self, message_dict: dict) -> None:
         """The SDK's record path, in one pass (`CopySink.take_record_message`) when
