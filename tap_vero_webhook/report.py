@@ -27,11 +27,10 @@ import msgspec
 
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.listener.rejects import read_rejects
+from tap_vero_webhook.schema import SEQUENCE, STREAM
 from tap_vero_webhook.spool.local import SpoolReader
 from tap_vero_webhook.timestamps import parse_utc_timestamp, utc_timestamp
 
-SEQUENCE = "_sdc_webhook_sequence"
-STREAM = "data"
 MELTANO_STATE_PATTERN = "*tap-vero-webhook-to-*"
 NO_TYPE = "(no type)"
 

@@ -8,6 +8,8 @@ empty (NULL); it is still in `payload`.
 
 from __future__ import annotations
 
+STREAM = "data"
+"""The tap's one stream, and the table it loads into."""
 KEY = "__sdc_primary_key"
 RECEIVED_AT = "_sdc_webhook_received_at"
 SEQUENCE = "_sdc_webhook_sequence"

@@ -18,6 +18,7 @@ from tap_vero_webhook.schema import (
     PAYLOAD,
     RECEIVED_AT,
     SEQUENCE,
+    STREAM,
 )
 from tap_vero_webhook.spool import SpoolSource, open_source
 from tap_vero_webhook.tap_settings import TapSettings
@@ -66,7 +67,7 @@ def record_from_envelope(line: bytes) -> dict:
 class DataStream(Stream):
     """Every accepted Vero event, once, in arrival order."""
 
-    name = "data"
+    name = STREAM
     primary_keys: t.ClassVar[list[str]] = [KEY]
     replication_key = SEQUENCE
     is_sorted = True
