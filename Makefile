@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed  ## install the package, its tests' tools and Meltano into .venv
 
-.meltano/.installed: $(VENV)/.installed meltano.yml loader/pyproject.toml
+.meltano/.installed: $(VENV)/.installed meltano.yml pyproject.toml loader/pyproject.toml
 	$(BIN)/meltano install
 	touch $@
 

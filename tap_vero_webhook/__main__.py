@@ -1,5 +1,5 @@
 """`python -m tap_vero_webhook`: the Singer tap, as `tap-vero-webhook` runs it."""
 
-from tap_vero_webhook.tap import TapVeroWebhook
+from tap_vero_webhook.catalog import main
 
-TapVeroWebhook.cli()
+main()

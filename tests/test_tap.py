@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -130,6 +131,35 @@ def test_nul_characters_are_replaced_in_records_but_kept_in_the_spool(listener, 
     assert "\x00" not in json.dumps(record, ensure_ascii=False)
     spooled = (DataDir(listener.data_dir).spool / segment_name(1)).read_text()
     assert "a\\u0000b" in spooled
+
+
+def test_discovery_answers_the_sdks_catalog_without_loading_the_sdk(tmp_path):
+    """`--discover` as Meltano asks it (before every run) is answered from schema.py; the
+    catalog must be the very one the SDK builds, and other command lines the SDK's."""
+    config = str(tap_config(tmp_path, tmp_path / "data"))
+    fast = subprocess.run(
+        [TAP, "--config", config, "--discover"], capture_output=True, text=True, check=True
+    )
+    sdk = TapVeroWebhook(config={"data_dir": str(tmp_path / "data")}, validate_config=False)
+    assert json.loads(fast.stdout) == sdk.catalog_dict
+    assert fast.stderr == ""  # no SDK: it would have logged
+    probe = (
+        "import sys; from tap_vero_webhook.catalog import main; main(); "
+        "print('singer_sdk' in sys.modules, file=sys.stderr)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe, "--config", config, "--discover"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert loaded.stderr.strip() == "False"
+    # anything else is the SDK's: a config that is not there, --about, --discover with more
+    missing = subprocess.run(
+        [TAP, "--config", str(tmp_path / "nowhere.json"), "--discover"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "nowhere.json" in missing.stderr
+    about = subprocess.run([TAP, "--about", "--format", "json"], capture_output=True, text=True)
+    assert json.loads(about.stdout)["name"] == "tap-vero-webhook"
 
 
 def test_deselected_columns_are_left_out(listener, tmp_path):
