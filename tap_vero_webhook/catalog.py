@@ -64,19 +64,22 @@ def main() -> None:
 
 
 def is_plain_discovery(args: list[str]) -> bool:
-    """`--discover` with readable JSON `--config` files (or ENV) and nothing else: what
-    the SDK would answer with `catalog()` (its discovery validates no setting). Anything
-    else, a config it could not read included, is the SDK's to answer."""
+    """`--discover` with readable JSON `--config` files (or ENV) and at most a readable
+    `--state` file (Meltano passes one; discovery ignores it): what the SDK would answer
+    with `catalog()`, validating no setting. Anything else, a file it could not read
+    included, is the SDK's to answer."""
     if args.count("--discover") != 1:
         return False
     rest = [arg for arg in args if arg != "--discover"]
-    if len(rest) % 2 or rest[::2] != ["--config"] * (len(rest) // 2):
+    options, values = rest[::2], rest[1::2]
+    if len(rest) % 2 or set(options) - {"--config", "--state"} or options.count("--state") > 1:
         return False
-    for value in rest[1::2]:
-        if value == "ENV":
+    for option, value in zip(options, values, strict=True):
+        if option == "--config" and value == "ENV":
             continue
         try:
-            if not isinstance(json.loads(Path(value).read_text()), dict):
+            text = Path(value).read_text()
+            if option == "--config" and not isinstance(json.loads(text), dict):
                 return False
         except (OSError, ValueError):
             return False

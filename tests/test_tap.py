@@ -28,6 +28,7 @@ from tests.helpers import (
     running_listener,
     state_at,
     tap_config,
+    write_json,
 )
 from tests.vero_events import event_stream, make_event, vero_examples
 
@@ -137,9 +138,11 @@ def test_discovery_answers_the_sdks_catalog_without_loading_the_sdk(tmp_path):
     """`--discover` as Meltano asks it (before every run) is answered from schema.py; the
     catalog must be the very one the SDK builds, and other command lines the SDK's."""
     config = str(tap_config(tmp_path, tmp_path / "data"))
+    state = str(write_json(tmp_path / "state.json", {}))
     fast = subprocess.run(
-        [TAP, "--config", config, "--discover"], capture_output=True, text=True, check=True
-    )
+        [TAP, "--config", config, "--state", state, "--discover"],  # as Meltano asks
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
     sdk = TapVeroWebhook(config={"data_dir": str(tmp_path / "data")}, validate_config=False)
     assert json.loads(fast.stdout) == sdk.catalog_dict
     assert fast.stderr == ""  # no SDK: it would have logged
