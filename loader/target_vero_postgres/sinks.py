@@ -44,6 +44,8 @@ from singer_sdk.helpers._typing import get_datelike_property_type
 from sqlalchemy.dialects.postgresql import JSONB
 from target_postgres.sinks import PostgresSink
 
+from tap_vero_webhook.timestamps import utc_timestamp
+
 _json = msgspec.json.Encoder(
     enc_hook=lambda value: value.isoformat(sep="T") if hasattr(value, "isoformat") else str(value),
     decimal_format="number",
@@ -90,8 +92,9 @@ class CopySink(PostgresSink):
         if message.stream != self.stream_name:
             return False
         row = list(msgspec.structs.astuple(message.record))
-        if any(row[position] is msgspec.UNSET for position in plan.key_positions):
-            return False
+        for position in plan.key_positions:
+            if row[position] is msgspec.UNSET:
+                return False
         for position, encode in plan.encoded_as_text:
             row[position] = encode(row[position])
         self._take_row(plan, row, message.time_extracted, message.version)
@@ -108,13 +111,14 @@ class CopySink(PostgresSink):
         if batch_text is None:  # once per batch: its start time, as ISO text
             batch_start = context.get("batch_start_time")
             batch_text = context["batch_text"] = batch_start and batch_start.isoformat()
-        now = datetime.datetime.now(tz=datetime.UTC).isoformat()
+        clock = time.time()
+        now = utc_timestamp(clock)  # the same instant as upstream's isoformat(), in UTC
         extracted, received, batched, deleted, sequence, table_version, started = plan.metadata
         row[extracted] = self._timestamp_text("_sdc_extracted_at", time_extracted)
         row[received] = now
         row[batched] = batch_text or now
         row[deleted] = self._timestamp_text("_sdc_deleted_at", row[deleted])
-        row[sequence] = round(time.time() * 1000)
+        row[sequence] = round(clock * 1000)
         row[table_version] = version
         row[started] = self.sync_started_at
         for position in plan.datetimes:
@@ -173,6 +177,21 @@ class CopySink(PostgresSink):
             context["copy"] = _OpenCopy(self)
         rows.append((key, row))
         context["copy"].write_row(row)
+
+    def prepared_table(self, connection) -> t.Any:
+        """The table, made or changed for this sink's schema by upstream's
+        `prepare_table` in the first batch's transaction; later batches of the sink (the
+        same schema: a new one makes a new sink) use what it returned."""
+        cached = self.__dict__.get("_prepared_table")
+        if cached is None:
+            cached = self.__dict__["_prepared_table"] = self.connector.prepare_table(
+                full_table_name=self.full_table_name,
+                schema=self.schema,
+                primary_keys=self.key_properties,
+                as_temp_table=False,
+                connection=connection,
+            )
+        return cached
 
     @property
     def has_open_copy(self) -> bool:
@@ -275,13 +294,7 @@ class _OpenCopy:
     def __init__(self, sink: CopySink) -> None:
         self.connection = sink.connector._engine.connect()
         self.transaction = self.connection.begin()
-        self.table = sink.connector.prepare_table(
-            full_table_name=sink.full_table_name,
-            schema=sink.schema,
-            primary_keys=sink.key_properties,
-            as_temp_table=False,
-            connection=self.connection,
-        )
+        self.table = sink.prepared_table(self.connection)
         self.cursor = self.connection.connection.cursor()
         self.cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
         self._context = self.cursor.copy(sink._copy_statement(self.table))
@@ -393,7 +406,7 @@ class _RecordPlan(t.NamedTuple):
 
 
 def _json_text(value: msgspec.Raw) -> str:
-    return bytes(value).decode()
+    return str(value, "utf-8")
 
 
 def _line_decoder(encoders: list, keys: set[str]) -> msgspec.json.Decoder:
