@@ -50,14 +50,20 @@ class TapVeroWebhook(Tap):
         writer = self.message_writer
         try:
             if self.__dict__.get("_pipes_requested"):
-                self.logger.info("records go through record pipes, as the target asked")
-                writer.send_records_through_pipes()
+                self._use_record_pipes(writer)
             super().sync_all()
         except (SpoolError, record_pipes.PipeError, BrokenPipeError) as exc:
             self.logger.error("%s", exc if str(exc) else "the target stopped reading")
             raise SystemExit(1) from None
         finally:
             writer.end_pipes()
+
+    def _use_record_pipes(self, writer: BufferedMsgspecWriter) -> None:
+        if not TapSettings.from_tap_config(self.config).record_pipes:
+            self.logger.info("the target asked for record pipes; record_pipes is off: stdout")
+            return
+        writer.send_records_through_pipes()
+        self.logger.info("records go through record pipes, as the target asked")
 
 
 if __name__ == "__main__":

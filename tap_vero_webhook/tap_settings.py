@@ -48,6 +48,12 @@ class TapSettings:
         "re-emits them. Nothing past the bookmark is ever removed.",
         title="Retention (days)",
     )
+    record_pipes: bool = setting(
+        True,
+        "Send records through a named pipe when the state's target asked for them "
+        "(target-vero-postgres does), past Meltano's pipe; false: always on stdout.",
+        title="Record pipes",
+    )
 
     def __post_init__(self) -> None:
         if (self.data_dir is None) == (self.spool_url is None):

@@ -363,6 +363,7 @@ def test_a_tap_killed_half_way_leaves_no_records_and_the_next_run_tidies_up(
         run.kill()
     (left,) = run.pipe_directories()  # a killed tap cannot tidy up...
     assert list(left.iterdir()) == []  # ...but no records stay behind with its directory
+    assert left.stat().st_mode & 0o777 == 0o700  # which only its owner could ever open
     loaded = len(keys_in(pg_dsn, schema))
     assert loaded < count
 
@@ -388,3 +389,15 @@ def test_a_target_that_never_opens_the_pipe_stops_the_tap_with_a_message(spool, 
     assert b"the target stopped reading" in stderr
     assert b"Traceback" not in stderr
     assert list(tmp_path.glob(f"{record_pipes.DIRECTORY_PREFIX}*")) == []
+
+
+def test_a_tap_told_not_to_writes_records_on_stdout_though_the_target_asks(spool, tmp_path):
+    state = write_json(tmp_path / "state.json", record_pipes.with_request({}))
+    config = tap_config(tmp_path, spool, record_pipes=False)
+    done = subprocess.run(
+        [TAP, "--config", str(config), "--state", str(state)],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert b"record_pipes is off" in done.stderr
+    types = [json.loads(line)["type"] for line in done.stdout.splitlines()]
+    assert types.count("RECORD") == 2_500 and "BATCH" not in types
