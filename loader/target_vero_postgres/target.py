@@ -94,14 +94,7 @@ class TargetVeroPostgres(TargetPostgres):
                     )
                 self._process_record_message(message)
                 continue
-            if sink.is_full:
-                self.logger.info(
-                    "Target sink for '%s' is full. Current size is '%s'. Draining...",
-                    sink.stream_name,
-                    sink.current_size,
-                )
-                self.drain_one(sink)
-            self._handle_max_record_age()
+            self._after_taken_record(sink)
         return count
 
     def _process_record_message(self, message_dict: dict) -> None:
@@ -115,6 +108,11 @@ class TargetVeroPostgres(TargetPostgres):
         ):
             super()._process_record_message(message_dict)
             return
+        self._after_taken_record(sink)
+
+    def _after_taken_record(self, sink: CopySink) -> None:
+        """What the SDK's record path does after a record: drain a full sink, and any
+        sink past its maximum age."""
         if sink.is_full:
             self.logger.info(
                 "Target sink for '%s' is full. Current size is '%s'. Draining...",
