@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
+import select
 import sys
 import typing as t
 
@@ -44,6 +45,8 @@ class BufferedMsgspecWriter(GenericSingerWriter[bytes, Message]):
     def send_records_through_pipes(self) -> None:
         """From now on, RECORD lines go through record pipes (`record_pipes`)."""
         self._pipes = record_pipes.TapPipes()
+        self._stdout_watch = select.poll()
+        self._stdout_watch.register(sys.stdout.fileno(), 0)  # POLLERR: its reader is gone
 
     def serialize_message(self, message: Message) -> bytes:
         payload = self._line(message) if type(message) is RecordMessage else message.to_dict()
@@ -97,6 +100,9 @@ class BufferedMsgspecWriter(GenericSingerWriter[bytes, Message]):
 
     def flush(self) -> None:
         if self._pipe is not None:
+            # whoever reads stdout (Meltano) gone, e.g. killed: stop, as a write there would
+            if self._stdout_watch.poll(0):
+                raise BrokenPipeError("the reader of the tap's output is gone")
             _write_all(self._pipe[1], self._pending)
         else:
             out = sys.stdout.buffer

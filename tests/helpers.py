@@ -558,8 +558,12 @@ def meltano(env: dict[str, str], *args: str, check: bool = True) -> subprocess.C
 
 
 def running_jobs(env: dict[str, str], state_id: str = POSTGRES_STATE_ID) -> int:
-    """How many runs of the pipeline Meltano's system database holds as RUNNING."""
-    with sqlite3.connect(Path(env["MELTANO_SYS_DIR_ROOT"]) / "meltano.db") as db:
+    """How many runs of the pipeline Meltano's system database holds as RUNNING (none
+    before Meltano has made its database)."""
+    database = Path(env["MELTANO_SYS_DIR_ROOT"]) / "meltano.db"
+    if not database.exists():
+        return 0
+    with sqlite3.connect(database) as db:
         return db.execute(
             "SELECT count(*) FROM runs WHERE job_name = ? AND state = 'RUNNING'", (state_id,)
         ).fetchone()[0]

@@ -3,12 +3,14 @@
 A real `meltano run tap-vero-webhook target-postgres` is killed with SIGKILL half-way
 (what the OOM killer does), which leaves its Meltano job marked RUNNING; then the
 cron line shipped in deploy/crontab.example runs, as cron would run it, and must load
-everything at once, each event once. And while a load is in flight, neither the
-shipped line nor a forced `meltano run` may load the same spool.
+everything at once, each event once: on a first run (records through Meltano) and on
+a later one (records through record pipes, past Meltano). And while a load is in
+flight, neither the shipped line nor a forced `meltano run` may load the same spool.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +19,12 @@ import uuid
 import psycopg
 import pytest
 
+from tap_vero_webhook import record_pipes
 from tap_vero_webhook.data_dir import DataDir
 from tap_vero_webhook.locks import LockFile
 from tests.helpers import (
     MELTANO,
+    POSTGRES_STATE_ID,
     ROOT,
     Warehouse,
     meltano,
@@ -85,25 +89,29 @@ def assert_each_once(warehouse: Warehouse, expected: list[str]) -> None:
     assert set(keys) == set(expected)
 
 
-def test_after_a_sigkill_half_way_the_shipped_cron_line_loads_everything_at_once(
-    site, warehouse, tmp_path
-):
+def kill_half_way_then_run_the_cron_line(site, warehouse, tmp_path) -> str:
+    """Post a backlog, SIGKILL Meltano half-way through its load, run the cron line;
+    every event must be there once. Returns the killed run's log. (A run killed before
+    stays RUNNING in Meltano for 5 minutes: a later kill's run needs --force too.)"""
+    already, stale = warehouse.keys(), running_jobs(warehouse.env)
     posted = post_backlog(site, 15_000)
     log = tmp_path / "killed-run.log"
+    argv = [MELTANO, "run", *(["--force"] if stale else []), "tap-vero-webhook", "target-postgres"]
     with open(log, "wb") as out:
         killed = subprocess.Popen(
-            [MELTANO, "run", "tap-vero-webhook", "target-postgres"],
-            cwd=ROOT, env=warehouse.env, stdout=out, stderr=subprocess.STDOUT,
+            argv, cwd=ROOT, env=warehouse.env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        assert wait_for(lambda: len(warehouse.keys()) >= 2000 or killed.poll(), timeout=600)
+        assert wait_for(
+            lambda: len(warehouse.keys()) >= len(already) + 2000 or killed.poll(), timeout=600
+        )
         assert killed.poll() is None, log.read_text()[-3000:]
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-    half_way = len(warehouse.keys())
+    half_way = len(warehouse.keys()) - len(already)
     assert 0 < half_way < len(posted)
-    assert running_jobs(warehouse.env) == 1  # what SIGKILL leaves behind
+    assert running_jobs(warehouse.env) == stale + 1  # what SIGKILL leaves behind
 
     refused = meltano(warehouse.env, "run", "tap-vero-webhook", "target-postgres", check=False)
     assert refused.returncode != 0
@@ -113,8 +121,27 @@ def test_after_a_sigkill_half_way_the_shipped_cron_line_loads_everything_at_once
     assert cron.wait(timeout=900) == 0
     cron_log = (ROOT / ".meltano" / "cron.log").read_text()
     assert "is already running" not in cron_log.split("Force option is enabled")[-1]
-    assert_each_once(warehouse, posted)
+    assert_each_once(warehouse, already + posted)
     print(f"\nkilled with {half_way} of {len(posted)} rows loaded; the cron line loaded the rest")
+    return log.read_text()
+
+
+def test_after_a_sigkill_half_way_the_shipped_cron_line_loads_everything_at_once(
+    site, warehouse, tmp_path
+):
+    assert warehouse.keys() == []  # a first run: no state, the records through Meltano
+    killed_log = kill_half_way_then_run_the_cron_line(site, warehouse, tmp_path)
+    assert "records go through record pipes" not in killed_log
+
+
+def test_the_same_half_way_through_record_pipes(site, warehouse, tmp_path):
+    """A later run, with the state target-vero-postgres wrote: the records go through
+    pipes, past Meltano, so a killed Meltano's tap and target are not stopped by its
+    pipe breaking mid-record (the tap watches its stdout)."""
+    state = meltano(warehouse.env, "state", "get", POSTGRES_STATE_ID).stdout
+    assert record_pipes.requested(json.loads(state)["singer_state"])
+    killed_log = kill_half_way_then_run_the_cron_line(site, warehouse, tmp_path)
+    assert "records go through record pipes" in killed_log
 
 
 def test_a_load_in_flight_is_never_joined_by_a_second(site, warehouse, tmp_path):
