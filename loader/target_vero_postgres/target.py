@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sys
 import typing as t
+from collections import Counter, defaultdict
 
 from singer_sdk import typing as th
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.mapper import SameRecordTransform
+from singer_sdk.singerlib import SingerMessageType
 from target_postgres.target import TargetPostgres
 
 from tap_vero_webhook import record_pipes
@@ -32,13 +34,40 @@ RECORD_PIPES = th.Property(
 )
 
 
+RECORD_LINE = b'{"type":"RECORD",'
+"""How a RECORD line that `take_record_line` may take begins (as tap-vero-webhook writes it)."""
+
+
 class BinaryMsgSpecReader(MsgSpecReader):
     """The SDK's msgspec reader on stdin's bytes: msgspec decodes UTF-8 itself, so no
-    line is decoded to text first (nor encoded back by msgspec)."""
+    line is decoded to text first (nor encoded back by msgspec). A RECORD line is first
+    offered to `take_record_line` (set by the target), which takes it straight into a
+    row or declines it; every other line is read as the SDK's reader reads it."""
+
+    take_record_line: t.Callable[[bytes], bool] | None = None
 
     @property
     def default_input(self) -> t.IO[bytes]:
         return sys.stdin.buffer
+
+    def process_lines(self, file_input, callbacks) -> Counter[str]:
+        """The SDK's `GenericSingerReader.process_lines`, RECORD lines offered first."""
+        take = self.take_record_line
+        stats: dict[str, int] = defaultdict(int)
+        for line in file_input or self.default_input:
+            self._current_message = line
+            if take is not None and line.startswith(RECORD_LINE) and take(line):
+                stats[SingerMessageType.RECORD] += 1
+                continue
+            line_dict = self.deserialize_json(line)
+            self.assert_line_requires(line_dict, requires={"type"})
+            record_type = line_dict["type"]
+            if callback := callbacks.get(record_type):
+                callback(line_dict)
+            else:
+                self._process_unknown_message(line_dict)
+            stats[record_type] += 1
+        return Counter(**stats)
 
 
 class TargetVeroPostgres(TargetPostgres):
@@ -53,6 +82,20 @@ class TargetVeroPostgres(TargetPostgres):
             **RECORD_PIPES.to_dict(),
         },
     }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.message_reader.take_record_line = self._take_record_line
+
+    def _take_record_line(self, line: bytes, stream: str | None = None) -> bool:
+        """`_process_record_message` for a RECORD line of `stream` (default: of the
+        last RECORD message's stream) when `CopySink.take_record_line` takes it; False
+        (nothing done) otherwise."""
+        sink = self._copy_sink(stream or self.__dict__.get("_last_record_stream"))
+        if sink is None or not sink.take_record_line(line):
+            return False
+        self._after_taken_record(sink)
+        return True
 
     def _write_state_message(self, state: dict) -> None:
         """The state, with the ask for record pipes unless `record_pipes` is off."""
@@ -77,7 +120,6 @@ class TargetVeroPostgres(TargetPostgres):
         line (`CopySink.take_record_line`; no SCHEMA message comes in between, so the
         stream's sink and maps stay as they are)."""
         decode = self.message_reader.deserialize_json
-        sink = self._copy_sink(stream)
         count = 0
         for line in lines:
             if not line.endswith(b"\n"):
@@ -86,20 +128,20 @@ class TargetVeroPostgres(TargetPostgres):
                     f"{count} records: the tap stopped (the batch is not committed)"
                 )
             count += 1
-            if sink is None or not sink.take_record_line(line):
+            if not self._take_record_line(line, stream):
                 message = decode(line)
                 if message.get("type") != "RECORD" or message.get("stream") != stream:
                     raise record_pipes.PipeError(
                         f"a record pipe for {stream!r} carried something else: {line[:200]!r}"
                     )
                 self._process_record_message(message)
-                continue
-            self._after_taken_record(sink)
         return count
 
     def _process_record_message(self, message_dict: dict) -> None:
         """The SDK's record path, in one pass (`CopySink.take_record_message`) when
-        the stream has no maps and no flattening; otherwise the SDK's own."""
+        the stream has no maps and no flattening; otherwise the SDK's own. Its stream's
+        next RECORD lines are offered to `_take_record_line`."""
+        self.__dict__["_last_record_stream"] = message_dict.get("stream")
         sink = self._copy_sink(message_dict.get("stream"))
         if (
             sink is None
