@@ -86,12 +86,21 @@ def is_pipe_batch(message: t.Mapping) -> bool:
 
 
 class TapPipes:
-    """The tap's side: a private directory, one pipe at a time."""
+    """The tap's side: a private directory, one pipe at a time, and a watch on the tap's
+    stdout, whose reader (the target, or Meltano) going away ends the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, stdout_fd: int) -> None:
         remove_abandoned()
         self.directory = Path(tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-"))
         self._made = 0
+        self._stdout = select.poll()
+        self._stdout.register(stdout_fd, 0)  # POLLERR: nobody reads stdout any more
+
+    def check_reader(self) -> None:
+        """BrokenPipeError if nobody reads the tap's stdout any more (a write there would
+        fail the same way; records go to a pipe, so none is written there meanwhile)."""
+        if self._stdout.poll(0):
+            raise BrokenPipeError("the target stopped reading: nobody reads the tap's output")
 
     def make(self) -> Path:
         self._made += 1
@@ -99,12 +108,10 @@ class TapPipes:
         os.mkfifo(pipe, 0o600)
         return pipe
 
-    def open_for_writing(self, pipe: Path, stdout_fd: int) -> int:
+    def open_for_writing(self, pipe: Path) -> int:
         """A blocking descriptor on `pipe` once the target has opened it; its name is
         removed then. Gives up if stdout's reader is gone or after the timeout."""
         deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
-        watch = select.poll()
-        watch.register(stdout_fd, 0)  # POLLERR: nobody reads stdout any more
         while True:
             try:
                 fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -112,8 +119,7 @@ class TapPipes:
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
                     raise
-            if watch.poll(0):
-                raise BrokenPipeError(f"the target stopped reading before opening {pipe}")
+            self.check_reader()
             if time.monotonic() > deadline:
                 raise PipeError(
                     f"the target did not open the record pipe {pipe} within "
@@ -130,9 +136,8 @@ class TapPipes:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def remove_abandoned() -> list[Path]:
-    """Remove the pipe directories of tap runs that are gone (killed); return them."""
-    removed = []
+def remove_abandoned() -> None:
+    """Remove the pipe directories of tap runs that are gone (killed)."""
     for directory in Path(tempfile.gettempdir()).glob(f"{DIRECTORY_PREFIX}*"):
         pid = directory.name[len(DIRECTORY_PREFIX) :].partition("-")[0]
         try:
@@ -141,10 +146,8 @@ def remove_abandoned() -> list[Path]:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             shutil.rmtree(directory, ignore_errors=True)
-            removed.append(directory)
         except OSError:
             continue
-    return removed
 
 
 def open_for_reading(url: str, stdin_fd: int) -> t.BinaryIO:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
-import select
 import sys
 import typing as t
 
@@ -44,9 +43,7 @@ class BufferedMsgspecWriter(GenericSingerWriter[bytes, Message]):
 
     def send_records_through_pipes(self) -> None:
         """From now on, RECORD lines go through record pipes (`record_pipes`)."""
-        self._pipes = record_pipes.TapPipes()
-        self._stdout_watch = select.poll()
-        self._stdout_watch.register(sys.stdout.fileno(), 0)  # POLLERR: its reader is gone
+        self._pipes = record_pipes.TapPipes(sys.stdout.fileno())
 
     def serialize_message(self, message: Message) -> bytes:
         payload = self._line(message) if type(message) is RecordMessage else message.to_dict()
@@ -70,7 +67,7 @@ class BufferedMsgspecWriter(GenericSingerWriter[bytes, Message]):
         pipe = self._pipes.make()
         self._pending += self._encoder.encode(record_pipes.batch_message(stream, pipe)) + b"\n"
         self.flush()
-        self._pipe = (stream, self._pipes.open_for_writing(pipe, sys.stdout.fileno()))
+        self._pipe = (stream, self._pipes.open_for_writing(pipe))
 
     def _close_pipe(self) -> None:
         """The open pipe's last records, then its end (the target reads on to stdout)."""
@@ -100,9 +97,7 @@ class BufferedMsgspecWriter(GenericSingerWriter[bytes, Message]):
 
     def flush(self) -> None:
         if self._pipe is not None:
-            # whoever reads stdout (Meltano) gone, e.g. killed: stop, as a write there would
-            if self._stdout_watch.poll(0):
-                raise BrokenPipeError("the reader of the tap's output is gone")
+            self._pipes.check_reader()  # e.g. Meltano killed: stop, as a write there would
             _write_all(self._pipe[1], self._pending)
         else:
             out = sys.stdout.buffer
